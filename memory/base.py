@@ -1,0 +1,74 @@
+"""The interface every memory type implements, and the per-step context the core hands to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from memstream.memory.config import CoreConfig
+from memstream.memory.layers import Block
+
+
+@dataclass
+class StepContext:
+    """What one step knows besides the state; memory types add their own entries.
+
+    Attributes:
+        mask: (B, T) bool, valid segment tokens (a prefix: padding only at the end).
+        n: (B,) int64 number of valid tokens.
+        pos: (B, T) int64 stream positions of the segment's tokens.
+        cos, sin: (B, 1, N, Dh/2) rotary tables for the N tokens the blocks run over.
+        seg_mask: (B, N, N) bool attention among those tokens.
+    """
+
+    mask: Tensor
+    n: Tensor
+    pos: Tensor
+    cos: Tensor | None = None
+    sin: Tensor | None = None
+    seg_mask: Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class MemoryType(nn.Module):
+    """A memory type: the fixed-size state it keeps and how the core reads and writes it.
+
+    Every state is a NamedTuple of batch-first tensors whose all-zero value is the empty memory
+    (learned initial contents are substituted inside the step), so a runtime can build a fresh state
+    from shapes and dtypes alone.
+    """
+
+    State: type[NamedTuple]
+
+    def __init__(self, cfg: CoreConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def state_spec(self, batch: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Field name -> (shape, dtype) of the state for ``batch`` streams."""
+        raise NotImplementedError
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> NamedTuple:
+        spec = self.state_spec(batch)
+        return self.State(**{k: torch.zeros(shape, dtype=dt, device=device) for k, (shape, dt) in spec.items()})
+
+    def begin(self, x: Tensor, state: NamedTuple, ctx: StepContext, rotary: nn.Module) -> Tensor:
+        """Prepare the step: fill ``ctx`` (rotary tables, segment mask) and return the tokens the blocks
+        run over, (B, N, D) with N >= T."""
+        raise NotImplementedError
+
+    def read(self, layer: int, block: Block, state: NamedTuple, ctx: StepContext):
+        """Memory keys/values for ``layer``: (k, v): (B, H, M, Dh) and valid: (B, M), or None."""
+        return None
+
+    def after_attention(self, layer: int, q: Tensor, k: Tensor, k_rot: Tensor, v: Tensor, attn: Tensor,
+                        state: NamedTuple, ctx: StepContext) -> Tensor:
+        """Sees the layer's unrotated q/k, rotated k and v, (B, H, N, Dh); may change attn: (B, H, N, Dh)."""
+        return attn
+
+    def write(self, h: Tensor, state: NamedTuple, ctx: StepContext) -> tuple[Tensor, NamedTuple]:
+        """h: (B, N, D) final hidden tokens -> (segment output (B, T, D), new state)."""
+        raise NotImplementedError

@@ -1,0 +1,170 @@
+"""The memory core: pre-norm transformer blocks over ``[memory ; segment]`` with an explicit state.
+
+Streaming: ``y, state = core.step(x, state, reset, mask)`` processes one fixed-size segment.
+Training: ``core.forward_sequence(x, mask)`` processes whole sequences; for ``queue`` (and ``none``) it is
+a single masked pass (the parallel form), for the recurrent types a loop over ``step``. Both give the
+same numbers as streaming segment by segment.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from memstream.memory.base import MemoryType, StepContext
+from memstream.memory.config import CoreConfig
+from memstream.memory.knn import KnnMemory
+from memstream.memory.layers import Block, Rotary, segment_mask
+from memstream.memory.queue import QueueMemory
+from memstream.memory.slots import SlotsMemory
+from memstream.memory.tokens import TokensMemory
+
+
+class NoneState(NamedTuple):
+    step: Tensor  # (B,) int64 segments seen
+
+
+class _NoMemory(MemoryType):
+    """No memory: every segment on its own (the baseline every memory type must beat)."""
+
+    State = NoneState
+
+    def state_spec(self, batch: int):
+        return {"step": ((batch,), torch.int64)}
+
+    def begin(self, x, state, ctx, rotary):
+        ctx.cos, ctx.sin = rotary(ctx.pos)
+        ctx.seg_mask = segment_mask(ctx.mask, self.cfg.causal)
+        return x
+
+    def write(self, h, state, ctx):
+        return h, NoneState(step=state.step + 1)
+
+    def sequence_masks(self, x: Tensor, mask: Tensor) -> list[Tensor]:
+        s, t = x.shape[1], self.cfg.segment
+        seg_id = torch.arange(s, device=x.device) // t
+        inside = (seg_id.view(s, 1) == seg_id.view(1, s)) & mask.unsqueeze(1)
+        if self.cfg.causal:
+            inside = inside & torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
+        inside = (inside | torch.eye(s, dtype=torch.bool, device=x.device)).unsqueeze(1)
+        return [inside] * self.cfg.layers
+
+
+MEMORY_CLASSES: dict[str, type[MemoryType]] = {
+    "queue": QueueMemory, "tokens": TokensMemory, "slots": SlotsMemory, "knn": KnnMemory, "none": _NoMemory,
+}
+
+
+def reset_state(state: NamedTuple, reset: Tensor) -> NamedTuple:
+    """Zero the state of the streams where reset: (B,) bool is set; the all-zero state is the empty memory."""
+    out = []
+    for t in state:
+        out.append(t.masked_fill(reset.view((-1,) + (1,) * (t.dim() - 1)), 0))
+    return type(state)(*out)
+
+
+class MemoryCore(nn.Module):
+    """Memory-augmented transformer core shared by every task.
+
+    Args:
+        cfg: :class:`CoreConfig`; the memory type is ``cfg.memory``.
+
+    Shapes: ``x`` (B, T, D) segment tokens with T = ``cfg.segment``; ``mask`` (B, T) bool, True for valid
+    tokens, a prefix (the segmenter pads only the end); ``reset`` (B,) bool. The state is a NamedTuple of
+    batch-first tensors of fixed shape (``core.state_spec(B)``), whatever the stream's length.
+    """
+
+    def __init__(self, cfg: CoreConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.memory = MEMORY_CLASSES[cfg.memory](cfg)
+        self.State = self.memory.State
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_spec(self, batch: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Field name -> (shape, dtype) of the state for ``batch`` streams."""
+        return self.memory.state_spec(batch)
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> NamedTuple:
+        """The empty state for ``batch`` streams (all zeros)."""
+        return self.memory.init_state(batch, device)
+
+    # -- streaming -----------------------------------------------------------------------------------
+    def step(self, x: Tensor, state: NamedTuple, reset: Tensor | None = None,
+             mask: Tensor | None = None) -> tuple[Tensor, NamedTuple]:
+        """One segment for every stream of the batch.
+
+        Args:
+            x: (B, T, D) segment tokens.
+            state: the state returned by the previous step (or ``init_state``).
+            reset: (B,) bool; those streams start anew (their state is cleared first).
+            mask: (B, T) bool valid tokens, a prefix; None means all valid.
+
+        Returns:
+            y: (B, T, D) outputs (padded positions hold finite values to be ignored), and the new state.
+        """
+        b, t, _ = x.shape
+        if mask is None:
+            mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
+        if reset is not None:
+            state = reset_state(state, reset)
+        pos = state.step.unsqueeze(1) * t + torch.arange(t, device=x.device)
+        ctx = StepContext(mask=mask, n=mask.sum(1), pos=pos)
+        h = self.memory.begin(x, state, ctx, self.rotary)
+        for layer, block in enumerate(self.blocks):
+            q, k, v = block.qkv_heads(h)
+            k_rot = block.rotate_heads(k, ctx.cos, ctx.sin)
+            memory = self.memory.read(layer, block, state, ctx)
+            if memory is None:
+                keys, values, attn_mask = k_rot, v, ctx.seg_mask.unsqueeze(1)
+            else:
+                mk, mv, mvalid = memory
+                keys, values = torch.cat((mk, k_rot), dim=2), torch.cat((mv, v), dim=2)
+                attn_mask = torch.cat((mvalid.unsqueeze(1).expand(-1, h.shape[1], -1), ctx.seg_mask), -1)
+                attn_mask = attn_mask.unsqueeze(1)
+            attn = block.attend(block.rotate_heads(q, ctx.cos, ctx.sin), keys, values, attn_mask)
+            attn = self.memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
+            h = block.finish(h, attn)
+        y, state = self.memory.write(h, state, ctx)
+        return self.norm(y), state
+
+    # -- whole sequences -----------------------------------------------------------------------------
+    def forward_sequence(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """A whole sequence from the empty state.
+
+        x: (B, S, D) with S a multiple of T, mask: (B, S) bool (valid tokens; padding only at the end)
+        -> y: (B, S, D), equal to streaming the S / T segments one by one.
+        """
+        b, s, _ = x.shape
+        t = self.cfg.segment
+        if s % t:
+            raise ValueError(f"forward_sequence: length {s} is not a multiple of the segment size {t}")
+        if mask is None:
+            mask = torch.ones(b, s, dtype=torch.bool, device=x.device)
+        if hasattr(self.memory, "sequence_masks"):
+            return self._parallel(x, mask)
+        state = self.init_state(b, x.device)
+        ys = []
+        for i in range(0, s, t):
+            y, state = self.step(x[:, i:i + t], state, None, mask[:, i:i + t])
+            ys.append(y)
+        return torch.cat(ys, dim=1)
+
+    def _parallel(self, x: Tensor, mask: Tensor) -> Tensor:
+        b, s, _ = x.shape
+        cos, sin = self.rotary(torch.arange(s, device=x.device).expand(b, -1))
+        masks = self.memory.sequence_masks(x, mask)
+        h = x
+        for block, attn_mask in zip(self.blocks, masks, strict=True):
+            q, k, v = block.qkv_heads(h)
+            q, k = block.rotate_heads(q, cos, sin), block.rotate_heads(k, cos, sin)
+            h = block.finish(h, block.attend(q, k, v, attn_mask))
+        return self.norm(h)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.forward_sequence(x, mask)

@@ -1,0 +1,140 @@
+"""Building blocks of the core: rotary positions from stream positions, pre-norm attention blocks.
+
+Shapes: ``B`` batch, ``T`` segment tokens, ``M`` memory entries, ``H`` heads, ``Dh`` head width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from memstream.memory.config import CoreConfig
+
+_TWO_PI = 2.0 * math.pi
+_DIGIT_BITS = 10  # positions are split into base-1024 digits, see Rotary
+
+
+def _wrap(angle: Tensor) -> Tensor:
+    """Angle modulo 2*pi, written with Floor so every runtime (TensorRT included) has it."""
+    return angle - _TWO_PI * torch.floor(angle / _TWO_PI)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding evaluated at absolute stream positions.
+
+    A stream can run for days: position 10^7 times a float32 frequency loses the angle to rounding.
+    The position is split into three base-1024 digits and each digit multiplies a frequency already
+    reduced modulo 2*pi in float64, so every product stays below 1024 * 2*pi and the angle keeps
+    ~1e-3 rad accuracy up to 2^30 tokens without float64 in the graph.
+    """
+
+    def __init__(self, head_dim: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        digits = torch.stack([torch.remainder(inv_freq * (2.0 ** (_DIGIT_BITS * i)), _TWO_PI) for i in range(3)])
+        self.register_buffer("digit_freq", digits.float(), persistent=False)  # (3, Dh/2)
+
+    def forward(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """pos: (B, N) int64 stream positions -> cos, sin: (B, 1, N, Dh/2)."""
+        base = 1 << _DIGIT_BITS
+        p0 = (pos % base).unsqueeze(-1).float()
+        p1 = ((pos // base) % base).unsqueeze(-1).float()
+        p2 = (pos // (base * base)).unsqueeze(-1).float()
+        f = self.digit_freq
+        angle = _wrap(p0 * f[0]) + _wrap(p1 * f[1]) + _wrap(p2 * f[2])  # (B, N, Dh/2)
+        angle = angle.unsqueeze(1)
+        return torch.cos(angle), torch.sin(angle)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: (B, H, N, Dh) rotated by cos/sin: (B, 1, N, Dh/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def segment_mask(valid: Tensor, causal: bool) -> Tensor:
+    """Which segment keys each segment query sees.
+
+    valid: (B, T) bool -> (B, T, T) bool. A query always sees itself, so no row is empty (an empty row
+    turns softmax into NaN) and padded queries stay finite; their outputs are never used.
+    """
+    t = valid.shape[1]
+    eye = torch.eye(t, dtype=torch.bool, device=valid.device)
+    seen = valid.unsqueeze(1).expand(-1, t, -1)
+    if causal:
+        seen = seen & torch.ones(t, t, dtype=torch.bool, device=valid.device).tril()
+    return seen | eye
+
+
+def attention_mask(memory_valid: Tensor | None, seg_mask: Tensor) -> Tensor:
+    """Mask over ``[memory ; segment]`` keys, expanded to (B, 1, T, M + T).
+
+    memory_valid: (B, M) bool or None; seg_mask: (B, T, T). ONNX Runtime's Attention op rejects masks
+    that broadcast over the query axis, hence the explicit expansion.
+    """
+    if memory_valid is None:
+        return seg_mask.unsqueeze(1)
+    t = seg_mask.shape[1]
+    mem = memory_valid.unsqueeze(1).expand(-1, t, -1)
+    return torch.cat((mem, seg_mask), dim=-1).unsqueeze(1)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block whose attention runs over ``[memory ; segment]``.
+
+    The block is split into ``project`` (queries, keys, values of the segment), ``project_memory``
+    (keys and values of memory vectors) and ``finish`` (output projection, residual, feed-forward) so
+    that each memory type can put its own context between them.
+    """
+
+    def __init__(self, cfg: CoreConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.heads = cfg.heads
+        self.head_dim = cfg.head_dim
+        self.norm1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """(B, N, D) -> (B, H, N, Dh)."""
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+    def qkv_heads(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h: (B, N, D) -> unrotated q, k, v: (B, H, N, Dh)."""
+        b, n, _ = h.shape
+        qkv = self.qkv(self.norm1(h)).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv.unbind(0)
+
+    @staticmethod
+    def rotate_heads(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        return rotate(x, cos, sin)
+
+    def project(self, h: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h: (B, N, D) -> q, k, v: (B, H, N, Dh); q and k rotated at the tokens' positions."""
+        q, k, v = self.qkv_heads(h)
+        return rotate(q, cos, sin), rotate(k, cos, sin), v
+
+    def project_memory(self, m: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """m: (B, K, D) memory vectors -> k, v: (B, H, K, Dh), k rotated by cos/sin: (B, 1, 1|K, Dh/2)."""
+        d = m.shape[-1]
+        kv = F.linear(self.norm1(m), self.qkv.weight[d:], self.qkv.bias[d:])
+        k, v = kv.chunk(2, dim=-1)
+        return rotate(self.split_heads(k), cos, sin), self.split_heads(v)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """q: (B, H, T, Dh), k/v: (B, H, M + T, Dh), mask: (B, 1, T, M + T) -> (B, H, T, Dh)."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def finish(self, h: Tensor, attn: Tensor) -> Tensor:
+        """h: (B, T, D) residual stream, attn: (B, H, T, Dh) -> (B, T, D)."""
+        b, _, t, _ = attn.shape
+        h = h + self.drop(self.out(attn.transpose(1, 2).reshape(b, t, -1)))
+        return h + self.drop(self.ff(self.norm2(h)))

@@ -1,0 +1,122 @@
+"""``queue`` memory: a per-layer FIFO of past keys and values (Transformer-XL, MATR).
+
+Keys are stored already projected and rotated at their absolute stream positions, so a step projects
+only the new segment and relative distances stay right without re-encoding the memory. An optional
+learned write gate keeps only salient segments (MATR keeps segments predicted to contain action).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from memstream.memory.base import MemoryType, StepContext
+from memstream.memory.config import CoreConfig
+from memstream.memory.layers import Block, segment_mask
+
+
+class QueueState(NamedTuple):
+    keys: Tensor    # (B, L, H, M, Dh) projected, rotated keys per layer, oldest first
+    values: Tensor  # (B, L, H, M, Dh)
+    valid: Tensor   # (B, M) bool; filled slots are always the newest (right-aligned)
+    pos: Tensor     # (B, M) int64 stream position of each slot
+    step: Tensor    # (B,) int64 segments seen
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """x: (..., T, D), mask: (..., T) bool -> (..., D) mean over valid tokens (0 where none)."""
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(-2) / w.sum(-2).clamp(min=1.0)
+
+
+class QueueMemory(MemoryType):
+    State = QueueState
+
+    def __init__(self, cfg: CoreConfig) -> None:
+        super().__init__(cfg)
+        self.lengths = cfg.layer_memory_lengths
+        self.capacity = max(self.lengths)
+        self.gate = nn.Linear(cfg.dim, 1) if cfg.write_gate else None
+
+    def state_spec(self, batch: int):
+        c = self.cfg
+        kv = (batch, c.layers, c.heads, self.capacity, c.head_dim)
+        return {"keys": (kv, torch.float32), "values": (kv, torch.float32),
+                "valid": ((batch, self.capacity), torch.bool), "pos": ((batch, self.capacity), torch.int64),
+                "step": ((batch,), torch.int64)}
+
+    def gate_logits(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Write-gate logit per segment from the segment's input tokens.
+
+        x: (..., T, D), mask: (..., T) -> (...,); a segment is written when its logit is > 0. Train it
+        with an auxiliary target (for actions: does the segment contain action).
+        """
+        if self.gate is None:
+            return torch.ones(x.shape[:-2], dtype=x.dtype, device=x.device)
+        return self.gate(masked_mean(x, mask)).squeeze(-1)
+
+    def begin(self, x, state, ctx, rotary):
+        ctx.cos, ctx.sin = rotary(ctx.pos)
+        ctx.seg_mask = segment_mask(ctx.mask, self.cfg.causal)
+        keep = self.gate_logits(x, ctx.mask) > 0
+        ctx.extra["n_write"] = torch.where(keep, ctx.n, torch.zeros_like(ctx.n))
+        ctx.extra["keys"], ctx.extra["values"] = [], []
+        return x
+
+    def read(self, layer, block, state, ctx):
+        m = self.lengths[layer]
+        if m == 0:
+            return None
+        start = self.capacity - m
+        return state.keys[:, layer, :, start:], state.values[:, layer, :, start:], state.valid[:, start:]
+
+    def after_attention(self, layer, q, k, k_rot, v, attn, state, ctx):
+        ctx.extra["keys"].append(k_rot)
+        ctx.extra["values"].append(v)
+        return attn
+
+    def write(self, h, state, ctx):
+        # New queue = the last M entries of [memory ; the first n_write segment tokens]: a gather at
+        # offset n_write, one code path for full, padded and gated-out segments.
+        b, t = ctx.mask.shape
+        m = self.capacity
+        index = ctx.extra["n_write"].unsqueeze(1) + torch.arange(m, device=h.device)  # (B, M)
+        keys = torch.cat((state.keys, torch.stack(ctx.extra["keys"], dim=1)), dim=3)  # (B, L, H, M+T, Dh)
+        values = torch.cat((state.values, torch.stack(ctx.extra["values"], dim=1)), dim=3)
+        kv_index = index.view(b, 1, 1, m, 1).expand(-1, keys.shape[1], keys.shape[2], -1, keys.shape[4])
+        valid = torch.cat((state.valid, ctx.mask), dim=1)
+        pos = torch.cat((state.pos, ctx.pos), dim=1)
+        new = QueueState(keys=torch.gather(keys, 3, kv_index), values=torch.gather(values, 3, kv_index),
+                         valid=torch.gather(valid, 1, index), pos=torch.gather(pos, 1, index),
+                         step=state.step + 1)
+        return h, new
+
+    def sequence_masks(self, x: Tensor, mask: Tensor) -> list[Tensor]:
+        """Attention masks of the parallel (whole-sequence) form, one per layer.
+
+        x: (B, S, D) with S = N * T, mask: (B, S) -> list of (B, 1, S, S) bool. A query in segment s sees
+        the valid tokens of its own segment and the last M_l written tokens of segments before s.
+        """
+        b, s, _ = x.shape
+        t = self.cfg.segment
+        n = s // t
+        seg_id = torch.arange(s, device=x.device) // t
+        keep = self.gate_logits(x.view(b, n, t, -1), mask.view(b, n, t)) > 0  # (B, N)
+        written = mask & keep.repeat_interleave(t, dim=1)  # (B, S)
+        count = written.long().cumsum(1)  # written tokens up to and including each index
+        before = torch.cat((torch.zeros(b, 1, dtype=torch.long, device=x.device), count[:, t - 1::t][:, :-1]), 1)
+        before_q = before[:, seg_id]  # (B, S): tokens written before the query's segment
+        earlier = seg_id.view(1, s, 1) > seg_id.view(1, 1, s)
+        same = seg_id.view(1, s, 1) == seg_id.view(1, 1, s)
+        inside = same & mask.unsqueeze(1)
+        if self.cfg.causal:
+            inside = inside & torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
+        inside = inside | torch.eye(s, dtype=torch.bool, device=x.device)
+        masks = []
+        for m in self.lengths:
+            recent = count.unsqueeze(1) > (before_q.unsqueeze(2) - m)  # (B, S, S)
+            visible = earlier & written.unsqueeze(1) & recent
+            masks.append((visible | inside).unsqueeze(1))
+        return masks
