@@ -61,7 +61,9 @@ def reset_state(state: NamedTuple, reset: Tensor) -> NamedTuple:
     """Zero the state of the streams where reset: (B,) bool is set; the all-zero state is the empty memory."""
     out = []
     for t in state:
-        out.append(t.masked_fill(reset.view((-1,) + (1,) * (t.dim() - 1)), 0))
+        r = reset.view((-1,) + (1,) * (t.dim() - 1))
+        # Bool fields use logic ops: ONNX Runtime's CPU Where has no bool kernel.
+        out.append(t & ~r if t.dtype == torch.bool else t.masked_fill(r, 0))
     return type(state)(*out)
 
 
