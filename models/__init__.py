@@ -1,0 +1,7 @@
+"""memstream.models: encoders, task heads, task models, the registry and checkpoints."""
+
+from memstream.models import core_presets  # noqa: F401  (registers the core presets)
+from memstream.models.checkpoint import load_weights, read_config, save_checkpoint
+from memstream.models.registry import build, list_models, register_model
+
+__all__ = ["build", "list_models", "register_model", "save_checkpoint", "read_config", "load_weights"]
