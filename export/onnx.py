@@ -154,9 +154,3 @@ def read_metadata(proto: onnx.ModelProto) -> dict:
     if "state" not in meta or "segment" not in meta:
         raise ValueError("not a memstream step graph: metadata_props lacks memstream.state / memstream.segment")
     return meta
-
-
-class StateSpec(NamedTuple):
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
