@@ -14,9 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-
 from memstream.export.onnx import read_metadata
+from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import onnx
 import torch
@@ -119,10 +119,14 @@ def export_step(model: nn.Module, path: str | os.PathLike, x: Tensor, *, opset: 
     with torch.no_grad():
         outputs, _ = model.step(args[0], wrapper.state_type(*args[1:-2]), args[-2], args[-1])
     inputs, outs, fields = io_names(model, outputs)
-    program = torch.onnx.export(
-        wrapper, args, dynamo=True, opset_version=opset, input_names=inputs, output_names=outs,
-        dynamic_shapes=_dynamic_shapes(len(fields)), optimize=True, verbose=False,
-    )
+    with warnings.catch_warnings():
+        # torch.export's deprecation chatter and a note on the shared batch axis name: not ours to fix.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*axis name.*")
+        program = torch.onnx.export(
+            wrapper, args, dynamo=True, opset_version=opset, input_names=inputs, output_names=outs,
+            dynamic_shapes=_dynamic_shapes(len(fields)), optimize=True, verbose=False,
+        )
     proto = program.model_proto
     check_state_io(proto, fields)
     spec = {f: {"shape": list(t.shape[1:]), "dtype": str(t.dtype).replace("torch.", "")}

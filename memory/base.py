@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
-
 from memstream.memory.config import CoreConfig
 from memstream.memory.layers import Block
+from torch import Tensor, nn
 
 
 @dataclass

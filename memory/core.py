@@ -11,8 +11,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
-
 from memstream.memory.base import MemoryType, StepContext
 from memstream.memory.config import CoreConfig
 from memstream.memory.knn import KnnMemory
@@ -20,6 +18,7 @@ from memstream.memory.layers import Block, Rotary, segment_mask
 from memstream.memory.queue import QueueMemory
 from memstream.memory.slots import SlotsMemory
 from memstream.memory.tokens import TokensMemory
+from torch import Tensor, nn
 
 
 class NoneState(NamedTuple):

@@ -13,11 +13,10 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
-
 from memstream.memory.base import MemoryType
 from memstream.memory.config import CoreConfig
 from memstream.memory.layers import segment_mask
+from torch import Tensor, nn
 
 
 class KnnState(NamedTuple):

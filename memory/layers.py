@@ -9,9 +9,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from memstream.memory.config import CoreConfig
+from torch import Tensor, nn
 
 _TWO_PI = 2.0 * math.pi
 _DIGIT_BITS = 10  # positions are split into base-1024 digits, see Rotary

@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
-
-from memstream.memory.base import MemoryType, StepContext
+from memstream.memory.base import MemoryType
 from memstream.memory.config import CoreConfig
-from memstream.memory.layers import Block, segment_mask
+from memstream.memory.layers import segment_mask
+from torch import Tensor, nn
 
 
 class QueueState(NamedTuple):

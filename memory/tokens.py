@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
-
 from memstream.memory.base import MemoryType
 from memstream.memory.config import CoreConfig
 from memstream.memory.layers import Block
+from torch import Tensor, nn
 
 
 class TokensState(NamedTuple):
@@ -58,7 +57,7 @@ class TokensMemory(MemoryType):
         return torch.where(fresh, self.initial.unsqueeze(0), state.memory)
 
     def begin(self, x, state, ctx, rotary):
-        k, t = self.cfg.num_tokens, self.cfg.segment
+        k = self.cfg.num_tokens
         b = x.shape[0]
         mem = self.current(state)
         ctx.extra["memory"] = mem

@@ -1,0 +1,108 @@
+"""The ``memstream`` command line: ``memstream <command> <task> [options]``.
+
+Each command keeps a table of tasks; a task's handler parses its own options (``argparse``) and
+returns an exit code. Errors a user can fix (missing file, bad value) end in one line naming the
+problem and exit code 2; ``MEMSTREAM_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+Handler = Callable[[list[str]], int]
+
+EXAMPLES = """\
+examples:
+  memstream demo                                  # recall demo of the memory core with bundled models
+  memstream export core --preset core-small --memory queue --out core.onnx
+  memstream export core --config my_core.json --opset 18 --out core_op18.onnx
+  memstream bench core                            # streaming cost vs growing KV cache, Emformer, ONNX Runtime
+  memstream bench recall                          # train every memory type on associative recall
+  memstream train recall --memory queue --out runs/recall-queue
+
+Run `memstream <command> <task> --help` for a task's options.
+"""
+
+
+def _recall(name: str) -> Handler:
+    def handler(argv: list[str]) -> int:
+        from memstream.pipelines import recall
+
+        return getattr(recall, name)(argv)
+
+    return handler
+
+
+def _core(name: str) -> Handler:
+    def handler(argv: list[str]) -> int:
+        from memstream.pipelines import core_tools
+
+        return getattr(core_tools, name)(argv)
+
+    return handler
+
+
+COMMANDS: dict[str, tuple[str, dict[str, Handler]]] = {
+    "demo": ("run the demo on bundled models and media", {"": _recall("cli_demo")}),
+    "train": ("train a model and write a checkpoint", {"recall": _recall("cli_train")}),
+    "export": ("export a model's streaming step to ONNX", {"core": _core("cli_export")}),
+    "bench": ("measure speed and accuracy, print one JSON object",
+              {"core": _core("cli_bench"), "recall": _recall("cli_bench")}),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: memstream <command> <task> [options]", "", "commands:"]
+    for name, (text, tasks) in COMMANDS.items():
+        named = ", ".join(t for t in tasks if t)
+        lines.append(f"  {name:<8} {text}" + (f" (tasks: {named})" if named else ""))
+    return "\n".join(lines) + "\n\n" + EXAMPLES
+
+
+class UsageError(Exception):
+    pass
+
+
+def dispatch(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        raise UsageError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
+    _, tasks = COMMANDS[command]
+    if "" in tasks:
+        return tasks[""](rest)
+    if not rest or rest[0] in ("-h", "--help"):
+        print(f"usage: memstream {command} <task> [options]\n\ntasks: {', '.join(tasks)}\n\n{EXAMPLES}")
+        return 0 if rest else 2
+    task, rest = rest[0], rest[1:]
+    if task not in tasks:
+        raise UsageError(f"unknown task {task!r} for `memstream {command}`; choose one of {', '.join(tasks)}")
+    return tasks[task](rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=os.environ.get("MEMSTREAM_LOG", "WARNING").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return dispatch(argv)
+    except UsageError as e:
+        print(f"memstream: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
+        if os.environ.get("MEMSTREAM_DEBUG"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"memstream: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
