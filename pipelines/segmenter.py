@@ -1,0 +1,174 @@
+"""Segmenters: packets of any size in, fixed-size segments with a validity mask out.
+
+Output never depends on how the input was packetised: audio is re-chunked into fixed raw blocks
+before down-mixing and resampling, so 10 ms and 1 s packets run the very same arithmetic; video
+frames are counted one by one. The last partial segment is padded and its mask marks the padding.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from memstream.pipelines.resample import StreamingResampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Segment:
+    """One fixed-size segment of a stream.
+
+    Attributes:
+        data: audio (T,) float32 mono samples at ``rate``; video (T, H, W, 3) uint8 RGB frames.
+        valid: (T,) bool, True for real samples/frames (a prefix; the rest is padding).
+        start: stream time of ``data[0]`` in seconds.
+        rate: samples or frames per second.
+        index: segment number in the stream, from 0.
+        times: video only, (T,) stream time of each frame (NaN for padding).
+    """
+
+    data: np.ndarray
+    valid: np.ndarray
+    start: float
+    rate: float
+    index: int
+    times: np.ndarray | None = None
+
+    @property
+    def num_valid(self) -> int:
+        return int(self.valid.sum())
+
+    @property
+    def duration(self) -> float:
+        return self.num_valid / self.rate
+
+
+class AudioSegmenter:
+    """Audio packets (n, C) float32 at ``native_rate`` -> mono segments of ``segment_samples`` at ``rate``.
+
+    Args:
+        segment_samples: samples per segment at the model's rate.
+        rate: the model's sample rate.
+        native_rate: the source's sample rate.
+        channels: the source's channel count (down-mixed to mono by averaging).
+        block_seconds: raw re-chunking block; any fixed value gives packet-size invariance.
+    """
+
+    def __init__(self, segment_samples: int, rate: int, native_rate: int, channels: int = 1,
+                 block_seconds: float = 0.02) -> None:
+        if segment_samples <= 0:
+            raise ValueError(f"segment_samples={segment_samples} must be positive")
+        if channels <= 0:
+            raise ValueError(f"channels={channels} must be positive")
+        self.segment_samples = segment_samples
+        self.rate = rate
+        self.native_rate = native_rate
+        self.channels = channels
+        self.block = max(1, int(round(native_rate * block_seconds)))
+        self.resampler = StreamingResampler(native_rate, rate, channels=1)
+        self._raw: list[np.ndarray] = []
+        self._raw_len = 0
+        self._out = np.zeros(0, dtype=np.float32)
+        self._index = 0
+        self._emitted = 0
+
+    def _downmix(self, raw: np.ndarray) -> np.ndarray:
+        return raw.mean(axis=1, dtype=np.float32)[None, :] if raw.shape[1] > 1 else raw.T.astype(np.float32)
+
+    def _take(self, final: bool) -> list[Segment]:
+        segments = []
+        t = self.segment_samples
+        while len(self._out) >= t or (final and len(self._out) > 0):
+            n = min(t, len(self._out))
+            data = np.zeros(t, dtype=np.float32)
+            data[:n] = self._out[:n]
+            valid = np.arange(t) < n
+            segments.append(Segment(data, valid, self._emitted / self.rate, float(self.rate), self._index))
+            self._out = self._out[n:]
+            self._index += 1
+            self._emitted += n
+        return segments
+
+    def push(self, samples: np.ndarray) -> list[Segment]:
+        """samples: (n, C) or (n,) float32 -> the segments completed by them."""
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim == 1:
+            samples = samples[:, None]
+        if samples.shape[1] != self.channels:
+            raise ValueError(f"audio packet has {samples.shape[1]} channels, the stream has {self.channels}")
+        self._raw.append(samples)
+        self._raw_len += len(samples)
+        if self._raw_len < self.block:
+            return []
+        raw = np.concatenate(self._raw)
+        whole = (len(raw) // self.block) * self.block
+        rest = raw[whole:]
+        self._raw, self._raw_len = ([rest], len(rest)) if len(rest) else ([], 0)
+        chunks = [self.resampler.push(self._downmix(raw[i:i + self.block])) for i in range(0, whole, self.block)]
+        self._out = np.concatenate([self._out, *(c[0] for c in chunks)])
+        return self._take(final=False)
+
+    def flush(self) -> list[Segment]:
+        """End of stream: the remaining samples, the last segment padded."""
+        if self._raw_len:
+            raw = np.concatenate(self._raw)
+            self._out = np.concatenate([self._out, self.resampler.push(self._downmix(raw))[0]])
+            self._raw, self._raw_len = [], 0
+        self._out = np.concatenate([self._out, self.resampler.flush()[0]])
+        return self._take(final=True)
+
+
+class VideoSegmenter:
+    """Video frames (H, W, 3) uint8 -> segments of ``frames_per_segment`` frames at ``size``.
+
+    Args:
+        frames_per_segment: frames per segment.
+        size: (height, width) every frame is resized to; None keeps the first frame's size, and a
+            resolution change later in the stream is resized to it (logged once).
+    """
+
+    def __init__(self, frames_per_segment: int, size: tuple[int, int] | None = None, rate: float = 30.0) -> None:
+        if frames_per_segment <= 0:
+            raise ValueError(f"frames_per_segment={frames_per_segment} must be positive")
+        self.frames_per_segment = frames_per_segment
+        self.size = size
+        self.rate = rate
+        self._frames: list[np.ndarray] = []
+        self._times: list[float] = []
+        self._index = 0
+        self._warned = False
+
+    def _fit(self, frame: np.ndarray) -> np.ndarray:
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"video frame must be (H, W, 3) uint8, got {frame.shape} {frame.dtype}")
+        if self.size is None:
+            self.size = frame.shape[:2]
+        if frame.shape[:2] != tuple(self.size):
+            if not self._warned and self._index + len(self._frames) > 0:
+                log.warning("frame size changed to %s mid-stream; resizing to %s", frame.shape[:2], self.size)
+                self._warned = True
+            frame = cv2.resize(frame, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
+        return frame
+
+    def _segment(self) -> Segment:
+        t, n = self.frames_per_segment, len(self._frames)
+        data = np.zeros((t, *self._frames[0].shape), dtype=np.uint8)
+        data[:n] = np.stack(self._frames)
+        times = np.full(t, np.nan)
+        times[:n] = self._times
+        seg = Segment(data, np.arange(t) < n, self._times[0], self.rate, self._index, times)
+        self._frames, self._times = [], []
+        self._index += 1
+        return seg
+
+    def push(self, frame: np.ndarray, time: float) -> list[Segment]:
+        """One frame with its stream time -> the segment it completes, if any."""
+        self._frames.append(self._fit(frame))
+        self._times.append(float(time))
+        return [self._segment()] if len(self._frames) == self.frames_per_segment else []
+
+    def flush(self) -> list[Segment]:
+        return [self._segment()] if self._frames else []
