@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from torch import Tensor
-
 from memstream.pipelines.segmenter import Segment
+from torch import Tensor
 
 Kind = Literal["audio", "video"]
 Event = dict[str, Any]
