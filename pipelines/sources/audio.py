@@ -1,0 +1,353 @@
+"""Audio sources: files (soundfile for WAV/FLAC/OGG/..., PyAV for the rest, including the audio track
+of a video), the microphone (sounddevice), and raw PCM on stdin.
+
+Packets: data (n, C) float32 at the source's native rate (the segmenter resamples and down-mixes),
+time = stream time of the first sample in seconds. NaN/Inf samples are replaced by 0, counted in
+``stats.skipped`` and logged once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from memstream.pipelines.sources.common import BaseSource, NonFinite, Reconnect, check_file, log, one_line
+from memstream.pipelines.streams import Packet, SourceError, SourceInfo
+
+SOUNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au", ".snd",
+                      ".caf", ".w64", ".rf64"}
+# name -> (numpy dtype, scale, offset): sample = (raw - offset) / scale
+PCM_FORMATS = {"s16le": ("<i2", 2.0 ** 15, 0.0), "s32le": ("<i4", 2.0 ** 31, 0.0), "f32le": ("<f4", 1.0, 0.0),
+               "u8": ("u1", 128.0, 128.0)}
+
+
+def _check_block(name: str, block_seconds: float) -> float:
+    if not (isinstance(block_seconds, (int, float)) and math.isfinite(block_seconds) and block_seconds > 0):
+        raise SourceError(name, f"block_seconds={block_seconds!r} must be a positive number")
+    return float(block_seconds)
+
+
+def _to_float(array: np.ndarray) -> np.ndarray:
+    """Decoded samples of any PCM dtype -> float32 in [-1, 1]."""
+    if array.dtype.kind == "f":
+        return array.astype(np.float32, copy=False)
+    if array.dtype.kind == "u":
+        half = 2.0 ** (8 * array.dtype.itemsize - 1)
+        return ((array.astype(np.float64) - half) / half).astype(np.float32)
+    return (array.astype(np.float64) / 2.0 ** (8 * array.dtype.itemsize - 1)).astype(np.float32)
+
+
+class AudioFileSource(BaseSource):
+    """An audio file, or the audio track of a video file.
+
+    Args:
+        path: WAV/FLAC/OGG/AIFF/... (soundfile) or anything FFmpeg reads (PyAV): mp3, m4a, mp4, mkv, ...
+        block_seconds: packet length for soundfile (PyAV gives the codec's frames as they are).
+        backend: ``None`` (by suffix, soundfile falling back to PyAV), ``"soundfile"`` or ``"pyav"``.
+    Packets: (n, C) float32.
+    """
+
+    kind = "audio"
+
+    def __init__(self, path: str | Path, block_seconds: float = 0.1, backend: str | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(name or str(path))
+        if backend not in (None, "soundfile", "pyav"):
+            raise SourceError(self.name, f"backend={backend!r} is not one of None, 'soundfile', 'pyav'")
+        self.path, self.backend = Path(path), backend
+        self.block_seconds = _check_block(self.name, block_seconds)
+        self._file = self._container = self._blocks = self._first = None
+        self._finite = NonFinite(self.name, self.stats)
+
+    def _open(self) -> SourceInfo:
+        path = check_file(self.name, self.path)
+        causes = []
+        if self.backend == "soundfile" or (self.backend is None and path.suffix.lower() in SOUNDFILE_SUFFIXES):
+            import soundfile
+
+            try:
+                return self._open_soundfile(path)
+            except SourceError:
+                raise
+            except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
+                causes.append(f"soundfile: {one_line(e)}")
+                self._close()
+                if self.backend == "soundfile":
+                    raise SourceError(self.name, f"cannot decode audio ({causes[0]})") from e
+        try:
+            return self._open_pyav(path)
+        except SourceError as e:
+            if not causes or "zero-length" in e.cause:
+                raise
+            raise SourceError(self.name, f"{e.cause} ({causes[0]})") from e
+
+    def _open_soundfile(self, path: Path) -> SourceInfo:
+        import soundfile
+
+        self._file = soundfile.SoundFile(str(path))
+        rate, channels, frames = self._file.samplerate, self._file.channels, self._file.frames
+        if frames <= 0:
+            raise SourceError(self.name, "zero-length audio (the file holds no samples)")
+        block = max(1, int(round(rate * self.block_seconds)))
+        self._blocks = (b for b in self._file.blocks(blocksize=block, dtype="float32", always_2d=True))
+        return SourceInfo("audio", float(rate), channels=channels, duration=frames / rate)
+
+    def _open_pyav(self, path: Path) -> SourceInfo:
+        import av
+
+        try:
+            self._container = av.open(str(path))
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+            raise SourceError(self.name, f"cannot decode audio: {one_line(e)}") from e
+        if not self._container.streams.audio:
+            raise SourceError(self.name, "no audio track")
+        stream = self._container.streams.audio[0]
+        rate = stream.codec_context.sample_rate or stream.rate
+        channels = stream.codec_context.layout.nb_channels or getattr(stream.codec_context, "channels", 0)
+        if not rate or not channels:
+            raise SourceError(self.name, f"unsupported audio stream (rate={rate}, channels={channels})")
+        self._decode_errors: list[str] = []
+        self._blocks = self._read_pyav(stream, rate, channels)
+        first = next(self._blocks, None)
+        if first is None:
+            if self._decode_errors:
+                raise SourceError(self.name, f"cannot decode audio: {self._decode_errors[-1]}")
+            raise SourceError(self.name, "zero-length audio (no samples decoded)")
+        self._first = first
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif self._container.duration is not None:
+            duration = self._container.duration / 1e6
+        return SourceInfo("audio", float(rate), channels=channels, duration=duration)
+
+    def _read_pyav(self, stream, rate: int, channels: int) -> Iterator[np.ndarray]:
+        import av
+
+        for packet in self._container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as e:  # a damaged packet: skip it, the stream goes on
+                self._decode_errors.append(one_line(e))
+                self.stats.skipped += 1
+                log.warning("%s: skipped an undecodable audio packet at %s: %s", self.name, packet.pts, one_line(e))
+                continue
+            for frame in frames:
+                c = frame.layout.nb_channels
+                if frame.sample_rate != rate or c != channels:
+                    self.stats.skipped += 1
+                    log.warning("%s: skipped a frame of %d Hz x %d channels in a %d Hz x %d stream", self.name,
+                                frame.sample_rate, c, rate, channels)
+                    continue
+                array = frame.to_ndarray()
+                array = array.T if frame.format.is_planar else array.reshape(-1, c)
+                if len(array):
+                    yield _to_float(array)
+
+    def _packets(self) -> Iterator[Packet]:
+        rate, position = self.info.rate, 0
+        first, self._first = self._first, None
+        for block in itertools.chain([first] if first is not None else [], self._blocks):
+            yield Packet(self._finite(np.ascontiguousarray(block, dtype=np.float32)), position / rate)
+            position += len(block)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._container is not None:
+            self._container.close()
+        self._file = self._container = self._blocks = None
+
+
+class StdinPcmSource(BaseSource):
+    """Raw interleaved PCM from stdin (``--source -``) or any binary stream.
+
+    Args:
+        rate: samples per second (the data carries no header, so it must be given).
+        channels: interleaved channels.
+        format: ``s16le``, ``s32le``, ``f32le`` or ``u8``.
+        stream: a binary file object; default ``sys.stdin.buffer``.
+        block_seconds: packet length.
+    Packets: (n, C) float32. Opening waits for the first block; no data at all is an error.
+    """
+
+    kind = "audio"
+
+    def __init__(self, rate: int, channels: int = 1, format: str = "s16le", stream: BinaryIO | None = None,
+                 block_seconds: float = 0.1, name: str = "stdin") -> None:
+        super().__init__(name)
+        if format not in PCM_FORMATS:
+            raise SourceError(name, f"unsupported sample format {format!r} (supported: {', '.join(PCM_FORMATS)})")
+        if not (isinstance(rate, (int, float)) and rate > 0 and int(rate) == rate):
+            raise SourceError(name, f"rate={rate!r} must be a positive integer (samples per second)")
+        if not (isinstance(channels, int) and channels > 0):
+            raise SourceError(name, f"channels={channels!r} must be a positive integer")
+        self.rate, self.channels, self.format = int(rate), channels, format
+        self.stream = stream
+        dtype, self._scale, self._offset = PCM_FORMATS[format]
+        self._dtype = np.dtype(dtype)
+        self._frame_bytes = self._dtype.itemsize * channels
+        self._block_bytes = max(1, int(round(self.rate * _check_block(name, block_seconds)))) * self._frame_bytes
+        self._finite = NonFinite(self.name, self.stats)
+
+    def _open(self) -> SourceInfo:
+        if self.stream is None:
+            if sys.stdin is None or sys.stdin.isatty():
+                raise SourceError(self.name, "stdin is a terminal or closed: pipe raw PCM into it")
+            self._input = sys.stdin.buffer
+        else:
+            self._input = self.stream
+        self._pending = self._input.read(self._block_bytes)
+        if not self._pending:
+            raise SourceError(self.name, "zero-length audio: no data on the input")
+        return SourceInfo("audio", float(self.rate), channels=self.channels)
+
+    def _decode(self, raw: bytes) -> np.ndarray:
+        samples = np.frombuffer(raw, dtype=self._dtype).reshape(-1, self.channels).astype(np.float64)
+        samples = ((samples - self._offset) / self._scale).astype(np.float32)
+        return self._finite(samples)
+
+    def _packets(self) -> Iterator[Packet]:
+        position, carry = 0, b""
+        while True:
+            raw = self._pending if self._pending is not None else self._input.read(self._block_bytes)
+            self._pending = None
+            if not raw:
+                break
+            raw = carry + raw
+            whole = len(raw) - len(raw) % self._frame_bytes
+            raw, carry = raw[:whole], raw[whole:]
+            if whole:
+                samples = self._decode(raw)
+                yield Packet(samples, position / self.rate)
+                position += len(samples)
+        if carry:
+            self.stats.skipped += 1
+            log.warning("%s: dropped %d trailing bytes, less than one %s frame of %d channel(s)", self.name,
+                        len(carry), self.format, self.channels)
+
+
+class MicrophoneSource(BaseSource):
+    """A microphone through sounddevice (PortAudio), captured in a callback thread.
+
+    Args:
+        device: PortAudio input device index or name substring; None = the default input.
+        rate, channels: capture settings (native; the segmenter converts).
+        block_seconds: callback/packet length.
+        queue_seconds: audio kept while the consumer is busy; older blocks are dropped (counted).
+        reconnect: policy when no audio arrives for ``stall_timeout`` s.
+    Packets: (n, C) float32; time counts dropped samples too, so it stays wall-true.
+    """
+
+    kind = "audio"
+
+    def __init__(self, device: int | str | None = None, rate: int = 16000, channels: int = 1,
+                 block_seconds: float = 0.05, queue_seconds: float = 5.0, reconnect: Reconnect | None = None,
+                 stall_timeout: float = 2.0) -> None:
+        super().__init__("microphone" if device is None else f"microphone {device}")
+        if not (isinstance(rate, int) and rate > 0):
+            raise SourceError(self.name, f"rate={rate!r} must be a positive integer")
+        if not (isinstance(channels, int) and channels > 0):
+            raise SourceError(self.name, f"channels={channels!r} must be a positive integer")
+        self.device, self.rate, self.channels = device, rate, channels
+        self.block = max(1, int(round(rate * _check_block(self.name, block_seconds))))
+        self.capacity = max(2, int(math.ceil(queue_seconds * rate / self.block)))
+        self.reconnect = reconnect if reconnect is not None else Reconnect()
+        self.stall_timeout = float(stall_timeout)
+        self._stream = None
+        self._lost = 0
+        self._lock = threading.Lock()
+        self._finite = NonFinite(self.name, self.stats)
+
+    def _sounddevice(self):
+        try:
+            import sounddevice
+        except ImportError as e:
+            raise SourceError(self.name, "sounddevice is not installed (pip install sounddevice)") from e
+        except OSError as e:
+            raise SourceError(self.name, f"PortAudio is not available ({one_line(e)}); install libportaudio2") from e
+        return sounddevice
+
+    def _start(self) -> None:
+        sd = self._sounddevice()
+        try:
+            sd.check_input_settings(device=self.device, channels=self.channels, samplerate=self.rate,
+                                    dtype="float32")
+            self._queue: queue.Queue[np.ndarray] = queue.Queue(self.capacity)
+            self._stream = sd.InputStream(device=self.device, channels=self.channels, samplerate=self.rate,
+                                          dtype="float32", blocksize=self.block, callback=self._callback)
+            self._stream.start()
+        except (sd.PortAudioError, ValueError) as e:
+            self._stop_stream()
+            raise SourceError(self.name, f"no usable input device: {one_line(e)}") from e
+
+    def _open(self) -> SourceInfo:
+        self._start()
+        return SourceInfo("audio", float(self.rate), channels=self.channels, live=True)
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        if status:
+            log.debug("%s: PortAudio status %s", self.name, status)
+        block = np.array(indata, dtype=np.float32, copy=True)
+        while True:
+            try:
+                self._queue.put_nowait(block)
+                return
+            except queue.Full:  # the consumer is behind: drop the oldest block, keep the timeline
+                try:
+                    old = self._queue.get_nowait()
+                except queue.Empty:
+                    continue
+                with self._lock:
+                    self._lost += len(old)
+                    self.stats.dropped += len(old)
+
+    def _restart(self) -> bool:
+        self._stop_stream()
+        for attempt in range(self.reconnect.attempts):
+            time.sleep(self.reconnect.delay(attempt))
+            try:
+                self._start()
+            except SourceError as e:
+                log.info("%s: reopen attempt %d failed: %s", self.name, attempt + 1, e.cause)
+                continue
+            self.stats.reconnects += 1
+            return True
+        self.fail(f"no audio for {self.stall_timeout:g} s and {self.reconnect.attempts} reopen attempts failed")
+        return False
+
+    def _packets(self) -> Iterator[Packet]:
+        position, seen_lost = 0, 0
+        while self._stream is not None or self._restart():
+            try:
+                block = self._queue.get(timeout=self.stall_timeout)
+            except queue.Empty:
+                log.warning("%s: no audio for %g s; reopening the device", self.name, self.stall_timeout)
+                if not self._restart():
+                    return
+                continue
+            with self._lock:
+                position += self._lost - seen_lost
+                seen_lost = self._lost
+            yield Packet(self._finite(block), position / self.rate)
+            position += len(block)
+
+    def _stop_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.stop()
+                stream.close()
+            except Exception:  # noqa: BLE001 - a vanished device may fail to close; nothing to keep
+                log.debug("%s: error closing the input stream", self.name, exc_info=True)
+
+    def _close(self) -> None:
+        self._stop_stream()

@@ -1,0 +1,331 @@
+"""Live video: cameras and network streams, read by a background thread.
+
+The reader thread owns the capture: it reads, stamps, counts and hands frames to a
+:class:`FrameBuffer` (``latest``: newest frame only, overwritten ones counted as dropped; ``all``:
+bounded queue, the reader waits = back-pressure). When a read fails or no new frame comes for
+``stall_timeout`` s it reconnects per :class:`Reconnect`; past the attempt limit the stream ends
+cleanly with the cause in ``stats.errors``. The consumer also watches the reader's heartbeat, so a
+capture stuck inside a native call can never block iteration forever.
+
+Times: per connection, stream time = base + (container timestamp - first timestamp), where the base
+of a new connection is the wall-clock time since the source opened (at least one frame after the
+previous time), so times keep increasing across reconnects. A repeated timestamp counts as a
+duplicated frame, a gap of more than 1.5 frame intervals as ``round(gap / interval) - 1`` dropped
+frames. Captures that give no timestamps (some cameras) are stamped with arrival times.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import socket
+import statistics
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+from memstream.pipelines.sources.common import MODES, BaseSource, FrameBuffer, Reconnect, log, one_line
+from memstream.pipelines.streams import Packet, SourceError, SourceInfo
+
+URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "tcp", "srt", "hls+http", "hls+https")
+_ENV_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide
+
+
+class _Stamper:
+    """Stream times and drop/duplicate counting for one live source (runs in the reader thread)."""
+
+    def __init__(self, rate: float, stall: float) -> None:
+        self.rate, self.stall = rate, stall
+        self.t0 = time.monotonic()
+        self.last: float | None = None
+        self.deltas: collections.deque[float] = collections.deque(maxlen=15)
+        self.dropped = self.duplicated = 0
+        self.new_connection()
+
+    def new_connection(self) -> None:
+        self.origin: float | None = None  # first timestamp of this connection
+        self.prev: float | None = None
+        self.clock = False                 # no usable timestamps: arrival times
+        self.frames = 0
+
+    @property
+    def interval(self) -> float:
+        return statistics.median(self.deltas) if len(self.deltas) >= 3 else 1.0 / self.rate
+
+    def _rebase(self, stamp: float | None) -> float:
+        """Start a timeline at this frame: 0 for the very first, else now (and after the previous frame)."""
+        self.base = 0.0 if self.last is None else max(time.monotonic() - self.t0, self.last + self.interval)
+        self.origin = stamp
+        return self.base
+
+    def __call__(self, stamp_ms: float) -> float:
+        stamp = stamp_ms / 1000.0 if math.isfinite(stamp_ms) and stamp_ms >= 0 else None
+        if self.frames == 0:
+            t = self._rebase(stamp)
+        elif self.clock or stamp is None or self.origin is None or (self.frames == 1 and stamp == self.origin == 0):
+            self.clock = True
+            t = max(time.monotonic() - self.t0, self.last)
+        else:
+            delta = stamp - self.prev
+            if abs(delta) < 1e-6:
+                self.duplicated += 1
+                t = self.last
+            elif delta < 0 or delta > max(self.stall, 2.0):  # a timestamp discontinuity: start a new timeline
+                t = self._rebase(stamp)
+            else:
+                if delta > 1.5 * self.interval:
+                    self.dropped += round(delta / self.interval) - 1
+                else:
+                    self.deltas.append(delta)
+                t = self.base + stamp - self.origin
+        self.prev = stamp
+        self.frames += 1
+        self.last = t
+        return t
+
+
+class _LiveVideoSource(BaseSource):
+    """Common machinery of :class:`CameraSource` and :class:`UrlVideoSource` (see the module docstring)."""
+
+    def __init__(self, name: str, mode: str = "latest", buffer: int = 64, reconnect: Reconnect | None = None,
+                 stall_timeout: float = 5.0, open_timeout: float = 10.0) -> None:
+        super().__init__(name)
+        if mode not in MODES:
+            raise SourceError(name, f"mode={mode!r} is not one of {MODES}")
+        if int(buffer) != buffer or buffer < 1:
+            raise SourceError(name, f"buffer={buffer!r} must be a positive integer")
+        for key, value in (("stall_timeout", stall_timeout), ("open_timeout", open_timeout)):
+            if not (math.isfinite(value) and value > 0):
+                raise SourceError(name, f"{key}={value!r} must be a positive number of seconds")
+        self.mode, self.buffer = mode, int(buffer)
+        self.reconnect = reconnect if reconnect is not None else Reconnect()
+        self.stall_timeout, self.open_timeout = float(stall_timeout), float(open_timeout)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def _connect(self) -> cv2.VideoCapture:
+        """An opened capture, else SourceError with the cause."""
+        raise NotImplementedError
+
+    def _open(self) -> SourceInfo:
+        cap = self._connect()
+        frames, fps = [], cap.get(cv2.CAP_PROP_FPS)
+        try:
+            for _ in range(3):  # a few frames: the first one proves the stream, the deltas give the real rate
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                frames.append((frame, cap.get(cv2.CAP_PROP_POS_MSEC)))
+        except cv2.error as e:
+            cap.release()
+            raise SourceError(self.name, f"cannot read a frame: {one_line(e)}") from e
+        if not frames:
+            cap.release()
+            raise SourceError(self.name, f"connected, but no frame came within {self.stall_timeout:g} s")
+        stamps = [s for _, s in frames]
+        deltas = [b - a for a, b in zip(stamps, stamps[1:])]
+        if deltas and all(0 < d < 1000 for d in deltas):
+            fps = round(1000.0 / statistics.median(deltas), 3)
+        elif not (math.isfinite(fps) and 0 < fps <= 1000):
+            fps = 30.0
+        self._stamper = _Stamper(fps, self.stall_timeout)
+        self._frames = FrameBuffer(self.mode, self.buffer)
+        self._stop.clear()
+        self._failures = self._overwritten = 0
+        self._heartbeat = time.monotonic()
+        self._thread = threading.Thread(target=self._run, args=(cap, frames), name=f"source {self.name}", daemon=True)
+        self._thread.start()
+        return SourceInfo("video", float(fps), size=frames[0][0].shape[:2], live=True)
+
+    # -- reader thread --------------------------------------------------------------------------
+
+    def _put(self, frame: np.ndarray, stamp_ms: float) -> None:
+        t = self._stamper(stamp_ms)
+        self._overwritten += self._frames.put((frame, t), self._stop)
+        self.stats.dropped = self._stamper.dropped + self._overwritten
+        self.stats.duplicated = self._stamper.duplicated
+
+    def _run(self, cap: cv2.VideoCapture | None, frames: list) -> None:
+        try:
+            for frame, stamp in frames:
+                self._put(frame, stamp)
+            advanced = time.monotonic()
+            while cap is not None and not self._stop.is_set():
+                ok, frame = cap.read()
+                self._heartbeat = time.monotonic()
+                if ok:
+                    duplicates = self._stamper.duplicated
+                    self._put(frame, cap.get(cv2.CAP_PROP_POS_MSEC))
+                    now = time.monotonic()  # after a back-pressure wait in _put, which is no stall
+                    if self._stamper.duplicated == duplicates:
+                        advanced, self._failures = now, 0
+                    if now - advanced <= self.stall_timeout:
+                        continue
+                    cause = f"stalled: the timestamp has not advanced for {self.stall_timeout:g} s"
+                else:
+                    cause = "the stream ended or no frame came in time"
+                cap.release()
+                cap = self._reconnect(cause)
+                advanced = time.monotonic()
+        except Exception as e:  # noqa: BLE001 - the thread must end the stream, not die silently
+            self.fail(f"reader failed: {type(e).__name__}: {one_line(e)}")
+        finally:
+            if cap is not None:
+                cap.release()
+            self._frames.finish()
+
+    def _reconnect(self, cause: str) -> cv2.VideoCapture | None:
+        log.warning("%s: %s; reconnecting", self.name, cause)
+        while self._failures < self.reconnect.attempts:
+            if self._stop.wait(self.reconnect.delay(self._failures)):
+                return None
+            self._failures += 1
+            try:
+                cap = self._connect()
+            except SourceError as e:
+                cause = e.cause
+                log.info("%s: reconnect attempt %d/%d failed: %s", self.name, self._failures,
+                         self.reconnect.attempts, cause)
+                continue
+            finally:
+                self._heartbeat = time.monotonic()
+            self.stats.reconnects += 1
+            self._stamper.new_connection()
+            log.info("%s: reconnected (attempt %d)", self.name, self._failures)
+            return cap
+        if not self._stop.is_set():
+            self.fail(f"gave up after {self.reconnect.attempts} reconnect attempts: {cause}")
+        return None
+
+    # -- consumer ---------------------------------------------------------------------------------
+
+    def _packets(self) -> Iterator[Packet]:
+        patience = self.stall_timeout + self.open_timeout + self.reconnect.max_interval + 5.0
+        while True:
+            item = self._frames.get(timeout=0.1)
+            if item is not None:
+                frame, t = item
+                yield Packet(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), t)
+                continue
+            if self._frames.finished or self._thread is None or not self._thread.is_alive():
+                if len(self._frames) == 0:
+                    return
+                continue
+            if time.monotonic() - self._heartbeat > patience:
+                self.fail(f"the reader has been blocked for over {patience:g} s; giving up")
+                self._stop.set()
+                return
+
+    def _close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._frames.finish()
+            self._thread.join(timeout=2.0)
+            if self._thread.is_alive():  # inside a native read: it releases the capture when that returns
+                log.warning("%s: reader thread still busy in a read; left to finish in the background", self.name)
+            self._thread = None
+
+
+class CameraSource(_LiveVideoSource):
+    """A local camera by index (V4L2 on Linux, the platform's default backend elsewhere).
+
+    Args:
+        index: camera index (0 = the first camera).
+        width, height, fps: requested capture settings (the camera may choose others).
+        mode, buffer, reconnect, stall_timeout, open_timeout: see the module docstring.
+    Packets: (H, W, 3) uint8 RGB frames.
+    """
+
+    def __init__(self, index: int = 0, width: int | None = None, height: int | None = None, fps: float | None = None,
+                 **options) -> None:
+        super().__init__(f"camera {index}", **options)
+        if int(index) != index or index < 0:
+            raise SourceError(self.name, f"index={index!r} must be an integer >= 0")
+        self.index = int(index)
+        self.settings = {cv2.CAP_PROP_FRAME_WIDTH: width, cv2.CAP_PROP_FRAME_HEIGHT: height, cv2.CAP_PROP_FPS: fps}
+
+    def _connect(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(self.index)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(self.name, "cannot open the camera (absent, busy, or no permission)")
+        for prop, value in self.settings.items():
+            if value is not None:
+                cap.set(prop, value)
+        return cap
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _diagnose(url: str, timeout: float) -> str:
+    """Why a TCP-based URL could not be opened, where a plain connection attempt can tell."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.split("+")[-1]
+    defaults = {"http": 80, "https": 443, "rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443}
+    if scheme not in defaults or not parts.hostname:
+        return "no video could be opened (unreachable, no data, or not a video stream)"
+    address = (parts.hostname, parts.port or defaults[scheme])
+    try:
+        with socket.create_connection(address, timeout=min(timeout, 3.0)):
+            pass
+    except ConnectionRefusedError:
+        return f"connection refused by {address[0]}:{address[1]}"
+    except socket.gaierror as e:
+        return f"cannot resolve host {address[0]!r}: {e.strerror}"
+    except OSError as e:
+        return f"cannot connect to {address[0]}:{address[1]}: {e.strerror or one_line(e)}"
+    return "the server answers, but no video could be opened from this URL"
+
+
+class UrlVideoSource(_LiveVideoSource):
+    """A network video stream (rtsp, rtmp, http(s) incl. HLS playlists, udp, rtp, tcp, srt) via OpenCV's FFmpeg.
+
+    Opening gives up after ``open_timeout`` s and a read after ``stall_timeout`` s (OpenCV's
+    ``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC``), so a dead server never blocks.
+
+    Args:
+        url: the stream's URL (a password in it is never logged).
+        ffmpeg_options: FFmpeg demuxer/protocol options, e.g. ``{"rtsp_transport": "tcp"}``
+            (passed through ``OPENCV_FFMPEG_CAPTURE_OPTIONS``).
+        mode, buffer, reconnect, stall_timeout, open_timeout: see the module docstring.
+    Packets: (H, W, 3) uint8 RGB frames.
+    """
+
+    def __init__(self, url: str, ffmpeg_options: dict[str, str] | None = None, **options) -> None:
+        super().__init__(redact(url), **options)
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if scheme not in URL_SCHEMES:
+            raise SourceError(self.name, f"unsupported URL scheme {scheme!r} (supported: {', '.join(URL_SCHEMES)})")
+        self.url = url
+        self.ffmpeg_options = dict(ffmpeg_options or {})
+
+    def _connect(self) -> cv2.VideoCapture:
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout * 1000),
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.stall_timeout * 1000)]
+        with _ENV_LOCK:
+            key, saved = "OPENCV_FFMPEG_CAPTURE_OPTIONS", os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+            if self.ffmpeg_options:
+                os.environ[key] = "|".join(f"{k};{v}" for k, v in self.ffmpeg_options.items())
+            try:
+                cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
+            finally:
+                if self.ffmpeg_options:
+                    if saved is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = saved
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(self.name, _diagnose(self.url, self.open_timeout))
+        return cap
