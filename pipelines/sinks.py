@@ -1,0 +1,333 @@
+"""Sinks: where a run's events go, and the run summary.
+
+Every event a sink receives is a flat JSON-able dict with at least ``stream`` (the stream id) and
+``time`` (stream time in seconds); the runner adds both. A sink may also offer
+``write_segment(stream, segment, events)`` (it then receives each segment with the events it produced,
+for overlays) and ``finish(summary)`` (it then receives the run summary just before ``close``).
+Every sink survives being closed twice.
+
+- :class:`JsonlSink`: JSON Lines, one event per line, line-buffered (a killed run keeps every line).
+- :class:`TerminalSink`: a live view (rich) of each stream's last event and rate; one plain status line
+  per second when the output is not a terminal.
+- :class:`OverlayVideoSink`: the video segments with the task's ``draw(frame, events)`` on them (OpenCV).
+- :class:`SummarySink` + :class:`RunStats`: ``summary.json`` with counts, latency and real-time factor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+Event = dict[str, Any]
+
+
+def _plain(value: Any) -> Any:
+    """numpy/torch scalars and arrays -> Python numbers and lists; non-finite floats -> None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic | np.ndarray):
+        return _plain(value.tolist())
+    if hasattr(value, "tolist"):  # torch.Tensor, without importing torch
+        return _plain(value.tolist())
+    return value
+
+
+def to_json(obj: Any, **kwargs) -> str:
+    """Strict JSON (no NaN/Infinity) of events and summaries holding numpy or torch values."""
+    return json.dumps(_plain(obj), allow_nan=False, **kwargs)
+
+
+def percentiles_ms(values: list[float]) -> dict[str, float | None]:
+    """Seconds -> {"p50": ms, "p99": ms} (None when there is nothing to measure)."""
+    if not values:
+        return {"p50": None, "p99": None}
+    p50, p99 = np.percentile(np.asarray(values, dtype=np.float64), [50, 99])
+    return {"p50": round(1e3 * float(p50), 3), "p99": round(1e3 * float(p99), 3)}
+
+
+class JsonlSink:
+    """One JSON object per line; ``target`` is a path (created with its folder) or an open text file."""
+
+    def __init__(self, target: str | os.PathLike | IO[str]) -> None:
+        if hasattr(target, "write"):
+            self._file, self._own = target, False
+        else:
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file, self._own = open(path, "w", buffering=1, encoding="utf-8"), True
+        self.count = 0
+
+    def write(self, event: Event) -> None:
+        if "stream" not in event or "time" not in event:
+            raise ValueError(f"JsonlSink: event without 'stream' and 'time': {event!r}")
+        if self._file is None:
+            raise ValueError("JsonlSink: write after close")
+        self._file.write(to_json(event) + "\n")
+        self.count += 1
+        if not self._own:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        self._file.flush()
+        if self._own:
+            self._file.close()
+        self._file = None
+
+
+class TerminalSink:
+    """Live per-stream view: segments, stream time, speed (stream time / wall time), the last event.
+
+    On a terminal it uses ``rich.live``; elsewhere (a pipe, a log file, rich not installed) it writes one
+    plain status line at most every ``interval`` seconds.
+    """
+
+    def __init__(self, file: IO[str] | None = None, interval: float = 1.0, plain: bool | None = None) -> None:
+        self.file = file if file is not None else sys.stderr
+        self.interval = interval
+        self.start = time.perf_counter()
+        self.streams: dict[str, dict] = {}
+        self._last_print = 0.0
+        self._live = None
+        self._closed = False
+        tty = hasattr(self.file, "isatty") and self.file.isatty()
+        if plain is None:
+            plain = not tty
+        if not plain:
+            try:
+                from rich.console import Console
+                from rich.live import Live
+
+                self._live = Live(self._table(), console=Console(file=self.file), refresh_per_second=4,
+                                  transient=False)
+                self._live.start()
+            except ImportError:
+                self._live = None
+
+    def _row(self, stream: str, event: Event) -> None:
+        row = self.streams.setdefault(stream, {"events": 0, "segments": 0, "time": 0.0, "last": ""})
+        row["events"] += 1
+        row["segments"] += event.get("type") == "segment"
+        row["time"] = max(row["time"], float(event.get("end", event["time"]) or 0.0))
+        shown = {k: v for k, v in event.items() if k not in ("stream", "time")}
+        row["last"] = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+
+    def _table(self):
+        from rich.table import Table
+
+        wall = max(time.perf_counter() - self.start, 1e-9)
+        table = Table(title=f"memstream  {wall:.1f}s", expand=True)
+        for column in ("stream", "segments", "stream time", "speed", "last event"):
+            table.add_column(column, overflow="ellipsis", no_wrap=column != "last event")
+        for sid, row in self.streams.items():
+            table.add_row(sid, str(row["segments"]), f"{row['time']:.2f}s", f"x{row['time'] / wall:.2f}",
+                          row["last"][:200])
+        return table
+
+    def _line(self) -> str:
+        wall = max(time.perf_counter() - self.start, 1e-9)
+        parts = [f"{sid}: seg {r['segments']} t={r['time']:.2f}s x{r['time'] / wall:.2f}"
+                 for sid, r in self.streams.items()]
+        return f"[{wall:7.1f}s] " + " | ".join(parts)
+
+    def write(self, event: Event) -> None:
+        self._row(str(event["stream"]), event)
+        now = time.perf_counter()
+        if now - self._last_print < (0.25 if self._live is not None else self.interval):
+            return
+        self._last_print = now
+        if self._live is not None:
+            self._live.update(self._table())
+        else:
+            print(self._line(), file=self.file, flush=True)
+
+    def finish(self, summary: dict) -> None:
+        total = summary.get("total", {})
+        self.close()
+        print(f"memstream: {total.get('segments', 0)} segments from {total.get('streams', 0)} stream(s), "
+              f"latency p50 {total.get('latency_ms', {}).get('p50')} ms, "
+              f"real-time factor {total.get('real_time_factor')}", file=self.file, flush=True)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._live is not None:
+            self._live.update(self._table())
+            self._live.stop()
+        elif self.streams:
+            print(self._line(), file=self.file, flush=True)
+
+
+class OverlayVideoSink:
+    """Writes each video stream's segments, drawn on by ``draw(frame, events)``, with OpenCV.
+
+    Args:
+        path: output file (``.mp4`` or ``.avi``); with several streams it may hold ``{stream}``, otherwise
+            streams after the first get ``<stem>.<stream><suffix>``.
+        draw: ``draw(frame, events) -> frame | None``: frame (H, W, 3) uint8 RGB, a copy it may draw on in
+            place; events: those the frame's segment produced.
+        codec: FourCC of the writer (``mp4v`` works with every OpenCV build).
+    """
+
+    def __init__(self, path: str | os.PathLike, draw: Callable[[np.ndarray, list[Event]], Any] | None = None,
+                 codec: str = "mp4v") -> None:
+        self.path = Path(path)
+        self.draw = draw
+        self.codec = codec
+        self.writers: dict[str, Any] = {}
+        self.paths: dict[str, Path] = {}
+        self.frames = 0
+
+    def _path(self, stream: str) -> Path:
+        if "{stream}" in str(self.path):
+            return Path(str(self.path).format(stream=stream))
+        if not self.paths:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}.{stream}{self.path.suffix}")
+
+    def _writer(self, stream: str, size: tuple[int, int], fps: float):
+        import cv2
+
+        if stream not in self.writers:
+            path = self._path(stream)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*self.codec), float(fps), (size[1], size[0]))
+            if not writer.isOpened():
+                raise RuntimeError(f"OverlayVideoSink: OpenCV cannot write {path} with codec {self.codec}")
+            self.writers[stream], self.paths[stream] = writer, path
+        return self.writers[stream]
+
+    def write(self, event: Event) -> None:
+        pass
+
+    def write_segment(self, stream: str, segment, events: list[Event]) -> None:
+        import cv2
+
+        if segment.data.ndim != 4:
+            return  # audio: nothing to draw on
+        frames = segment.data[: segment.num_valid]
+        if not len(frames):
+            return
+        writer = self._writer(stream, frames.shape[1:3], segment.rate)
+        for frame in frames:
+            frame = np.ascontiguousarray(frame).copy()
+            if self.draw is not None:
+                drawn = self.draw(frame, events)
+                frame = frame if drawn is None else drawn
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            self.frames += 1
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.release()
+        self.writers.clear()
+
+
+class RunStats:
+    """Collects a run's numbers; :meth:`summary` turns them into the ``summary.json`` object.
+
+    Latency of a segment: from the moment the segmenter completed it to the moment its events were
+    emitted (queueing, batching wait, encode, step, decode, sinks). Processing time of a segment: its
+    share of the step it ran in (encode + model step + decode + sinks, divided by the batch size).
+    Real-time factor: processing time / media time (below 1: faster than real time).
+    """
+
+    COUNTS = ("packets", "frames_in", "samples_in", "segments", "dropped", "duplicated", "reconnects", "skipped")
+
+    def __init__(self, task: str = "", backend: str = "") -> None:
+        self.task, self.backend = task, backend
+        self.start = time.perf_counter()
+        self.streams: dict[str, dict] = {}
+        self.latency: dict[str, list[float]] = {}
+        self.steps: list[float] = []
+        self.batches: list[int] = []
+
+    def stream_started(self, stream: str, source: str) -> None:
+        self.streams[stream] = {"source": source, "kind": None, "status": "running", "error": None,
+                                **dict.fromkeys(self.COUNTS, 0), "media_s": 0.0, "processing_s": 0.0,
+                                "source_errors": []}
+        self.latency[stream] = []
+
+    def segment_done(self, stream: str, media_s: float, latency_s: float, processing_s: float) -> None:
+        row = self.streams[stream]
+        row["segments"] += 1
+        row["media_s"] += media_s
+        row["processing_s"] += processing_s
+        self.latency[stream].append(latency_s)
+
+    def step_done(self, step_s: float, batch: int) -> None:
+        self.steps.append(step_s)
+        self.batches.append(batch)
+
+    def stream_ended(self, stream: str, status: str, error: str | None = None, **counts: Any) -> None:
+        row = self.streams[stream]
+        row.update(status=status, error=error)
+        for key, value in counts.items():
+            if value is not None:
+                row[key] = value
+
+    def _finish_row(self, row: dict, latency: list[float]) -> dict:
+        out = dict(row)
+        out["media_s"] = round(row["media_s"], 6)
+        out["processing_s"] = round(row["processing_s"], 6)
+        out["latency_ms"] = percentiles_ms(latency)
+        out["real_time_factor"] = round(row["processing_s"] / row["media_s"], 6) if row["media_s"] > 0 else None
+        return out
+
+    def summary(self) -> dict:
+        wall = time.perf_counter() - self.start
+        streams = {sid: self._finish_row(row, self.latency[sid]) for sid, row in self.streams.items()}
+        total: dict[str, Any] = {key: sum(row[key] for row in self.streams.values()) for key in self.COUNTS}
+        total["media_s"] = sum(row["media_s"] for row in self.streams.values())
+        total["processing_s"] = sum(row["processing_s"] for row in self.streams.values())
+        total = self._finish_row(total, [v for values in self.latency.values() for v in values])
+        statuses = Counter(row["status"] for row in self.streams.values())
+        total.update(
+            streams=len(self.streams), ended=statuses.get("ended", 0), stopped=statuses.get("stopped", 0),
+            errors=statuses.get("error", 0), steps=len(self.steps), model_step_ms=percentiles_ms(self.steps),
+            mean_batch=round(float(np.mean(self.batches)), 3) if self.batches else None,
+            wall_s=round(wall, 6), segments_per_s=round(total["segments"] / wall, 3) if wall > 0 else None,
+        )
+        return {"task": self.task, "backend": self.backend, "total": total, "streams": streams}
+
+
+class SummarySink:
+    """Writes the run summary (:class:`RunStats`) as JSON to ``path`` when the run ends, plus event counts."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.events: Counter = Counter()
+        self.summary: dict | None = None
+        self._written = False
+
+    def write(self, event: Event) -> None:
+        self.events[str(event.get("type", "event"))] += 1
+
+    def finish(self, summary: dict) -> None:
+        self.summary = summary
+
+    def close(self) -> None:
+        if self._written:
+            return
+        self._written = True
+        summary = dict(self.summary or {})
+        summary["events"] = dict(self.events)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(to_json(summary, indent=2) + "\n")
+        os.replace(tmp, self.path)  # never a half-written summary
