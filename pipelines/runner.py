@@ -1,0 +1,598 @@
+"""The runtime: one model over N live streams in one process.
+
+    reader thread per source: Source --Packet--> Segmenter --Segment--> bounded queue
+    model loop (caller's thread): streams with a segment ready -> gather their state rows -> task.encode
+        -> backend.step (reset for streams on their first segment) -> scatter the rows back
+        -> each stream's decoder -> events (+ ``stream``, ``time``) -> sinks
+
+The state is one fixed batch of ``max_streams`` slots (every state tensor batch first); a step runs
+the rows of the streams that are ready (``index_select``) and writes them back (``index_copy_``). A
+stream that joins takes a free slot and runs its first segment with ``reset`` set, so slots are reused
+without clearing anything outside the model. Once one stream has a segment ready the loop waits at most
+``batch_timeout`` (counted from when that segment became ready) for the others, so a slow or stalled
+source never holds the rest back. A source that ends or raises ends only its own stream: its decoder is
+flushed, its slot freed, its end counted in the summary.
+
+``stop()`` (the CLI calls it on SIGINT/SIGTERM) lets the step in flight finish and emit its events, then
+flushes every decoder and sink and writes the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from memstream.pipelines.segmenter import AudioSegmenter, Segment, VideoSegmenter
+from memstream.pipelines.sinks import RunStats
+from memstream.pipelines.streams import Source, SourceError, SourceInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamResult:
+    """What one stream got from one step.
+
+    Attributes:
+        stream: stream id. index: segment number in the stream. time/end: stream time span of the segment.
+        outputs: ``task.split(outputs, row)`` (for the core: (T, D) tensor). events: the decoder's events
+        (with ``stream`` and ``time``). segment: the segment itself.
+    """
+
+    stream: str
+    index: int
+    time: float
+    end: float
+    outputs: Any
+    events: list[dict]
+    segment: Segment
+
+
+@dataclass(eq=False)
+class _Stream:
+    id: str
+    source: Source
+    opened: bool
+    decoder: Any = None
+    slot: int = -1
+    queue: deque = field(default_factory=deque)
+    first: bool = True
+    done_reading: bool = False
+    status: str = "running"
+    error: str | None = None
+    packets: int = 0
+    items: int = 0
+    kind: str | None = None
+    served: int = 0
+    last_end: float = 0.0
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+def _is_open(source: Source) -> bool:
+    return isinstance(getattr(source, "info", None), SourceInfo)
+
+
+class StreamRunner:
+    """Runs ``task`` with ``backend`` over any number of streams that join and leave at any time.
+
+    Args:
+        task: a :class:`memstream.pipelines.streams.Task`.
+        backend: ``TorchBackend`` or ``OnnxBackend`` (``init_state(batch)``, ``step(x, state, reset, mask)``).
+        sinks: receive every event; see :mod:`memstream.pipelines.sinks`.
+        max_streams: state slots, the most streams running at once; later ones wait for a free slot.
+        batch_timeout: seconds to wait for more streams once one has a segment ready.
+        max_batch: at most this many streams per step (None: all that are ready); 1 steps streams one by one.
+        queue_size: segments buffered per stream before its reader waits.
+        backend_name: how the summary names the backend.
+    """
+
+    def __init__(self, task, backend, sinks: Sequence = (), *, max_streams: int = 8, batch_timeout: float = 0.02,
+                 max_batch: int | None = None, queue_size: int = 4, backend_name: str | None = None) -> None:
+        if max_streams < 1:
+            raise ValueError(f"max_streams={max_streams} must be >= 1")
+        if batch_timeout < 0:
+            raise ValueError(f"batch_timeout={batch_timeout} must be >= 0")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch={max_batch} must be >= 1 or None")
+        if queue_size < 1:
+            raise ValueError(f"queue_size={queue_size} must be >= 1")
+        self.task, self.backend, self.sinks = task, backend, list(sinks)
+        self.max_streams, self.batch_timeout, self.max_batch, self.queue_size = (
+            max_streams, batch_timeout, max_batch, queue_size)
+        self.stats = RunStats(getattr(task, "name", type(task).__name__),
+                              backend_name or type(backend).__name__.replace("Backend", "").lower())
+        self.summary: dict | None = None
+        self._cond = threading.Condition(threading.RLock())
+        self._stop = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._active: list[_Stream] = []
+        self._waiting: deque[_Stream] = deque()
+        self._free = list(range(max_streams))
+        self._state = None
+        self._ids = 0
+        self._steps = 0
+        self._finished = False
+
+    # -- streams -------------------------------------------------------------------------------------
+    def add(self, source: Source, stream_id: str | None = None, *, opened: bool | None = None) -> str:
+        """Add a stream (from any thread, also while running); returns its id. ``opened``: the source is
+        already open (default: guessed from its ``info``); otherwise its reader thread opens it."""
+        with self._cond:
+            if self._finished:
+                raise RuntimeError("StreamRunner: the run has ended; start a new runner")
+            sid = str(stream_id if stream_id is not None else self._ids)
+            self._ids += 1
+            if sid in self._streams:
+                raise ValueError(f"stream id {sid!r} is taken")
+            st = _Stream(sid, source, _is_open(source) if opened is None else opened,
+                         decoder=self.task.new_decoder(sid))
+            self._streams[sid] = st
+            self.stats.stream_started(sid, str(getattr(source, "name", type(source).__name__)))
+            self._waiting.append(st)
+            self._start_waiting()
+            self._cond.notify_all()
+        return sid
+
+    def remove(self, stream_id: str) -> None:
+        """Let a stream leave: its reader stops; segments already queued still run."""
+        self._streams[stream_id].stop.set()
+
+    def stop(self) -> None:
+        """Finish the step in flight, then flush decoders and sinks (safe from signal handlers)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _start_waiting(self) -> None:
+        while self._waiting and self._free and not self._finished:
+            st = self._waiting.popleft()
+            st.slot = self._free.pop(0)
+            self._active.append(st)
+            st.thread = threading.Thread(target=self._read, args=(st,), name=f"memstream-source-{st.id}",
+                                         daemon=True)
+            st.thread.start()
+
+    # -- reader threads ------------------------------------------------------------------------------
+    def _segmenter(self, info: SourceInfo):
+        task = self.task
+        if info.kind == "audio":
+            return AudioSegmenter(task.segment_size, int(task.rate), int(round(info.rate)), info.channels)
+        return VideoSegmenter(task.segment_size, task.frame_size, info.rate)
+
+    def _put(self, st: _Stream, segment: Segment) -> bool:
+        with self._cond:
+            while len(st.queue) >= self.queue_size:
+                if self._stop.is_set() or st.stop.is_set():
+                    return False
+                self._cond.wait(0.05)
+            st.queue.append((segment, time.perf_counter()))
+            self._cond.notify_all()
+        return True
+
+    def _read(self, st: _Stream) -> None:
+        source = st.source
+        status, error = "ended", None
+        try:
+            info = source.info if st.opened else source.open()
+            st.kind = info.kind
+            if info.kind != self.task.kind:
+                raise SourceError(str(getattr(source, "name", source)),
+                                  f"a {info.kind} source cannot feed the {self.task.kind} task {self.task.name!r}")
+            segmenter = self._segmenter(info)
+            stopped = False
+            for packet in source:
+                if self._stop.is_set() or st.stop.is_set():
+                    stopped = True
+                    break
+                data = np.asarray(packet.data)
+                if info.kind == "audio":
+                    st.items += len(data)
+                    segments = segmenter.push(data)
+                else:  # one frame (H, W, 3), or a burst (n, H, W, 3) spaced at the source's rate
+                    frames = data if data.ndim == 4 else data[None]
+                    st.items += len(frames)
+                    segments = [s for k, f in enumerate(frames) for s in segmenter.push(f, packet.time + k / info.rate)]
+                st.packets += 1
+                if not all(self._put(st, s) for s in segments):
+                    stopped = True
+                    break
+            if stopped:
+                status = "stopped" if self._stop.is_set() else "ended"
+            else:
+                for s in segmenter.flush():
+                    self._put(st, s)
+        except Exception as e:  # a broken source ends its own stream only
+            status, error = "error", str(e) or type(e).__name__
+            log.warning("stream %s (%s) ended with an error: %s", st.id, getattr(source, "name", "?"), error)
+        finally:
+            try:
+                source.close()
+            except Exception as e:  # noqa: BLE001 - closing must not hide how the stream ended
+                log.warning("stream %s: closing the source failed: %s", st.id, e)
+            with self._cond:
+                st.status, st.error, st.done_reading = status, error, True
+                self._cond.notify_all()
+
+    # -- model loop ----------------------------------------------------------------------------------
+    def _next(self) -> tuple[list, list[_Stream]] | None:
+        """(batch of (stream, segment, ready time), retired streams), or None when every stream is done."""
+        with self._cond:
+            while not self._stop.is_set():
+                retired = [s for s in self._active if s.done_reading and not s.queue]
+                if retired:
+                    return [], retired
+                ready = sorted((s for s in self._active if s.queue), key=lambda s: s.served)
+                if self.max_batch is not None:
+                    ready = ready[: self.max_batch]
+                if not self._active and not self._waiting:
+                    return None
+                now = time.perf_counter()
+                wait = 0.05
+                if ready:
+                    pending = any(not s.queue and not s.done_reading for s in self._active)
+                    deadline = min(s.queue[0][1] for s in ready) + self.batch_timeout
+                    full = self.max_batch is not None and len(ready) >= self.max_batch
+                    if not pending or full or now >= deadline:
+                        batch = [(s, *s.queue.popleft()) for s in ready]
+                        self._cond.notify_all()
+                        return batch, []
+                    wait = min(wait, deadline - now)
+                self._cond.wait(max(wait, 0.0005))
+            return [], []
+
+    def _emit(self, st: _Stream, events: list[dict], time_default: float) -> list[dict]:
+        out = []
+        for ev in events:
+            event = {"stream": st.id, **ev}
+            event.setdefault("time", time_default)
+            for sink in self.sinks:
+                sink.write(event)
+            out.append(event)
+        return out
+
+    def _step(self, batch: list) -> list[StreamResult]:
+        t0 = time.perf_counter()
+        segments = [seg for _, seg, _ in batch]
+        x, mask = self.task.encode(segments)
+        slots = [st.slot for st, _, _ in batch]
+        with torch.inference_mode():
+            if self._state is None:
+                self._state = self.backend.init_state(self.max_streams)
+            device = self._state[0].device
+            whole = slots == list(range(self.max_streams))
+            idx = torch.tensor(slots, dtype=torch.long, device=device)
+            rows = self._state if whole else type(self._state)(*(t.index_select(0, idx) for t in self._state))
+            reset = torch.tensor([st.first for st, _, _ in batch], dtype=torch.bool)
+            t1 = time.perf_counter()
+            outputs, new = self.backend.step(x, rows, reset, mask)
+            step_s = time.perf_counter() - t1
+            if whole:
+                self._state = type(self._state)(*(n.to(device) for n in new))
+            else:
+                for t, n in zip(self._state, new, strict=True):
+                    t.index_copy_(0, idx, n.to(device))
+        results = []
+        for i, (st, seg, _) in enumerate(batch):
+            st.first = False
+            st.served = self._steps
+            st.last_end = seg.start + seg.duration
+            out = self.task.split(outputs, i)
+            events = self._emit(st, st.decoder.update(out, seg), seg.start)
+            for sink in self.sinks:
+                if hasattr(sink, "write_segment"):
+                    sink.write_segment(st.id, seg, events)
+            results.append(StreamResult(st.id, seg.index, seg.start, seg.start + seg.duration, out, events, seg))
+        done = time.perf_counter()
+        for st, seg, ready in batch:
+            self.stats.segment_done(st.id, seg.duration, done - ready, (done - t0) / len(batch))
+        self.stats.step_done(step_s, len(batch))
+        self._steps += 1
+        return results
+
+    def _retire(self, st: _Stream, status: str | None = None) -> None:
+        """A stream leaves: flush its decoder, record it, free its slot for the next one."""
+        self._emit(st, st.decoder.flush(), st.last_end)
+        source_stats = getattr(st.source, "stats", None)
+        counts = {k: getattr(source_stats, k, None) for k in ("dropped", "duplicated", "reconnects", "skipped")}
+        counts["source_errors"] = list(getattr(source_stats, "errors", None) or [])
+        self.stats.stream_ended(st.id, status or st.status, st.error, packets=st.packets, kind=st.kind,
+                                frames_in=st.items if st.kind == "video" else 0,
+                                samples_in=st.items if st.kind == "audio" else 0, **counts)
+        with self._cond:
+            if st in self._active:
+                self._active.remove(st)
+                self._free.append(st.slot)
+                self._free.sort()
+            self._start_waiting()
+
+    def results(self) -> Iterator[StreamResult]:
+        """Run until every stream has ended or ``stop()``; yields each stream's result of each step.
+        Closing the generator early stops the run the same way ``stop()`` does."""
+        try:
+            while True:
+                nxt = self._next()
+                if nxt is None:
+                    break
+                batch, retired = nxt
+                for st in retired:
+                    self._retire(st)
+                if batch:
+                    yield from self._step(batch)
+                if self._stop.is_set():
+                    break
+        finally:
+            self._finish()
+
+    def run(self) -> dict:
+        """Run to the end (or ``stop()``); returns the summary."""
+        for _ in self.results():
+            pass
+        return self.summary
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._stop.set()
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+            leftover = list(self._active) + list(self._waiting)
+            self._waiting.clear()
+        errors = []
+        try:
+            for st in leftover:
+                if st.thread is None and st.opened:
+                    st.source.close()  # never started: it waited for a slot
+                if st.thread is not None:
+                    st.thread.join(timeout=0.5)  # a reader stuck in a blocking read is a daemon: left behind
+                finished = st.status == "error" or (st.done_reading and not st.queue)
+                self._retire(st, None if finished else "stopped")
+        finally:
+            self.summary = self.stats.summary()
+            for sink in self.sinks:
+                try:
+                    if hasattr(sink, "finish"):
+                        sink.finish(self.summary)
+                    sink.close()
+                except Exception as e:  # one failing sink must not keep the others from flushing
+                    log.error("closing sink %s failed: %s", type(sink).__name__, e)
+                    errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+# -- the generator API and the CLI -------------------------------------------------------------------
+
+AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".au", ".pcm", ".raw"}
+
+
+def read_streams_file(path: str | Path) -> list[str]:
+    """A ``.streams`` file: one source per line (path, URL, camera index), ``#`` starts a comment line.
+    Relative paths are taken relative to the file's folder when they exist there."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"streams file {path}: no such file")
+    specs = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if " #" in line:
+            line = line.split(" #", 1)[0].strip()
+        if "://" not in line and not line.isdigit() and not Path(line).is_absolute() and (path.parent / line).exists():
+            line = str(path.parent / line)
+        specs.append(line)
+    if not specs:
+        raise ValueError(f"streams file {path}: no sources in it")
+    return specs
+
+
+def expand_specs(source) -> list:
+    """A source, a spec string, a ``.streams`` file or a list of them -> a flat list of sources/specs."""
+    if isinstance(source, str | Path) and str(source).endswith(".streams"):
+        return read_streams_file(source)
+    if isinstance(source, list | tuple):
+        return [s for item in source for s in expand_specs(item)]
+    return [str(source) if isinstance(source, Path) else source]
+
+
+def guess_kind(spec) -> str | None:
+    """``audio``/``video`` from an opened source's info or a spec's look, None when it cannot tell."""
+    if isinstance(spec, Source):
+        return spec.info.kind if _is_open(spec) else None
+    text = str(spec).strip().lower()
+    if text in ("-", "stdin", "mic", "microphone") or text.startswith(("mic:", "microphone:")):
+        return "audio"
+    if text.isdigit() or "://" in text or text.startswith("camera"):
+        return "video"
+    path = Path(text)
+    if path.suffix in AUDIO_EXT:
+        return "audio"
+    return "video" if path.suffix or Path(str(spec)).is_dir() else None
+
+
+def open_specs(specs: Iterable, kind: str, **options) -> list[Source]:
+    """Specs -> sources via :func:`memstream.pipelines.sources.open_source` (Source objects pass through)."""
+    out = []
+    for spec in specs:
+        if isinstance(spec, Source):
+            out.append(spec)
+        else:
+            from memstream.pipelines.sources import open_source
+
+            out.append(open_source(str(spec), kind, **options))
+    return out
+
+
+def default_backend(task, device: str = "cpu"):
+    from memstream.export import TorchBackend
+
+    model = getattr(task, "model", None)
+    if model is None:
+        raise ValueError(f"task {task.name!r} has no .model: pass a backend")
+    return TorchBackend(model, device)
+
+
+def as_task(task_or_model, kind: str | None):
+    """A task, a core module, a core preset name or checkpoint folder -> a task."""
+    if hasattr(task_or_model, "encode") and hasattr(task_or_model, "new_decoder"):
+        return task_or_model
+    from memstream.pipelines.core_task import CoreProbeTask
+
+    kind = kind or "audio"
+    if isinstance(task_or_model, str | Path):
+        text = str(task_or_model)
+        return CoreProbeTask(kind, checkpoint=text) if Path(text).is_dir() else CoreProbeTask(kind, preset=text)
+    return CoreProbeTask(kind, core=task_or_model)
+
+
+def stream(task_or_model, source, *, backend=None, kind: str | None = None, device: str = "cpu",
+           sinks: Sequence = (), max_streams: int | None = None, batch_timeout: float = 0.02,
+           max_batch: int | None = None, **source_options) -> Iterator[StreamResult]:
+    """``for result in stream(model, "clip.wav"): ...``; see :func:`memstream.pipelines.stream`."""
+    specs = expand_specs(source)
+    if not specs:
+        raise ValueError("stream(): no source given")
+    if kind is None:
+        kind = getattr(task_or_model, "kind", None) if hasattr(task_or_model, "new_decoder") else None
+        kind = kind or guess_kind(specs[0])
+    task = as_task(task_or_model, kind)
+    sources = open_specs(specs, task.kind, **source_options)
+    runner = StreamRunner(task, backend if backend is not None else default_backend(task, device), sinks,
+                          max_streams=max_streams or len(sources), batch_timeout=batch_timeout, max_batch=max_batch)
+    for s in sources:
+        runner.add(s)
+    yield from runner.results()
+
+
+def _dummy_segment(task) -> Segment:
+    t = task.segment_size
+    if task.kind == "audio":
+        return Segment(np.zeros(t, np.float32), np.ones(t, bool), 0.0, float(task.rate), 0)
+    h, w = task.frame_size or (32, 32)
+    return Segment(np.zeros((t, h, w, 3), np.uint8), np.ones(t, bool), 0.0, float(task.rate), 0, np.zeros(t))
+
+
+def onnx_backend(task, path: str | Path, device: str = "cpu", export: bool = True):
+    """Export ``task.model``'s step to ``path`` (unless ``export`` is False) and run it with ONNX Runtime."""
+    from memstream.export import OnnxBackend, export_step
+
+    path = Path(path)
+    if export:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        x, _ = task.encode([_dummy_segment(task)] * 2)
+        export_step(task.model, path, x, metadata={"task": task.name, "kind": task.kind, "rate": task.rate,
+                                                   "segment_size": task.segment_size})
+    providers = ["CPUExecutionProvider"] if str(device) == "cpu" else None
+    return OnnxBackend(path, providers=providers)
+
+
+def add_run_arguments(p) -> None:
+    """The options every ``memstream run <task>`` shares."""
+    p.add_argument("--source", action="append", default=[], metavar="SPEC",
+                   help="file, folder of images, URL (rtsp/http/udp), camera index, 'mic', or '-' for raw PCM on "
+                        "stdin; repeat for several streams")
+    p.add_argument("--streams", metavar="FILE", help="a .streams file: one source per line, '#' comments")
+    p.add_argument("--kind", choices=("audio", "video"), help="media kind (default: guessed from the source)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="model runtime (default torch)")
+    p.add_argument("--onnx", metavar="FILE", help="with --backend onnx: an exported step to run instead of exporting")
+    p.add_argument("--device", default="cpu", help="torch device, or cpu/cuda for ONNX Runtime (default cpu)")
+    p.add_argument("--out", metavar="DIR", help="write DIR/events.jsonl and DIR/summary.json (default: events "
+                                                "as JSON Lines on stdout)")
+    p.add_argument("--mode", choices=("latest", "all"), help="live sources: drop stale frames (latest) or keep all")
+    p.add_argument("--rate", type=int, help="stdin PCM: sample rate")
+    p.add_argument("--channels", type=int, help="stdin PCM: channels")
+    p.add_argument("--format", help="stdin PCM: sample format (e.g. s16le, f32le)")
+    p.add_argument("--max-streams", type=int, help="state slots, streams running at once (default: all sources)")
+    p.add_argument("--batch-timeout", type=float, default=0.02,
+                   help="seconds to wait for more streams to batch once one is ready (default 0.02)")
+    p.add_argument("--view", action="store_true", help="live terminal view (plain status lines when not a TTY)")
+    p.add_argument("--overlay", metavar="FILE", help="video: write the frames with the task's overlay drawn")
+
+
+def specs_from_args(args) -> list[str]:
+    specs = list(args.source) + (read_streams_file(args.streams) if args.streams else [])
+    if not specs:
+        raise ValueError("no source: give --source SPEC (repeatable) or --streams FILE")
+    return specs
+
+
+def run_from_args(task, specs: list[str], args) -> int:
+    """Open the sources, build backend and sinks, run until the streams end or SIGINT/SIGTERM; exit code."""
+    import signal
+    import sys
+    import tempfile
+
+    from memstream.pipelines.sinks import JsonlSink, OverlayVideoSink, SummarySink, TerminalSink
+
+    options = {k: getattr(args, k) for k in ("mode", "rate", "channels", "format") if getattr(args, k) is not None}
+    sources = open_specs(specs, task.kind, **options)
+    opened = []
+    try:
+        for s in sources:
+            if not _is_open(s):
+                s.open()
+            opened.append(s)
+        out = Path(args.out) if args.out else None
+        if args.backend == "onnx":
+            if args.onnx:
+                backend = onnx_backend(task, args.onnx, args.device, export=False)
+            elif out is not None:
+                backend = onnx_backend(task, out / "model.onnx", args.device)
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    backend = onnx_backend(task, Path(tmp) / "model.onnx", args.device)
+        else:
+            backend = default_backend(task, args.device)
+    except BaseException:
+        for s in opened:
+            s.close()
+        raise
+    sinks: list = []
+    if out is not None:
+        sinks += [JsonlSink(out / "events.jsonl"), SummarySink(out / "summary.json")]
+    elif not args.view:
+        sinks.append(JsonlSink(sys.stdout))
+    if args.view:
+        sinks.append(TerminalSink())
+    if args.overlay:
+        sinks.append(OverlayVideoSink(args.overlay, getattr(task, "draw", None)))
+    runner = StreamRunner(task, backend, sinks, max_streams=args.max_streams or len(sources),
+                          batch_timeout=args.batch_timeout, backend_name=args.backend)
+    for s in sources:
+        runner.add(s, opened=True)
+
+    def on_signal(signum, frame):
+        if runner.stopping:
+            raise KeyboardInterrupt  # a second Ctrl-C: give up at once
+        log.warning("%s: finishing the step in flight, then flushing", signal.Signals(signum).name)
+        runner.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = runner.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    total = summary["total"]
+    failed = [f"{sid} ({row['source']}): {row['error']}" for sid, row in summary["streams"].items()
+              if row["status"] == "error"]
+    for line in failed:
+        print(f"memstream: stream {line}", file=sys.stderr)
+    if not args.view:
+        print(f"memstream: {total['segments']} segments from {total['streams']} stream(s), latency p50 "
+              f"{total['latency_ms']['p50']} ms p99 {total['latency_ms']['p99']} ms, real-time factor "
+              f"{total['real_time_factor']}" + (f", summary in {out / 'summary.json'}" if out else ""),
+              file=sys.stderr)
+    return 2 if failed and len(failed) == total["streams"] else 0
