@@ -17,6 +17,10 @@ Handler = Callable[[list[str]], int]
 EXAMPLES = """\
 examples:
   memstream demo                                  # recall demo of the memory core with bundled models
+  memstream run core --source talk.wav --out runs/probe      # events.jsonl + summary.json (latency, RTF)
+  memstream run core --source 0 --source rtsp://cam/1 --view # two live video streams, batched, live view
+  memstream run core --streams cams.streams --backend onnx --max-streams 16 --out runs/cams
+  arecord -f S16_LE -r 16000 -c 1 | memstream run core --source - --rate 16000 --channels 1 --format s16le
   memstream export core --preset core-small --memory queue --out core.onnx
   memstream export core --config my_core.json --opset 18 --out core_op18.onnx
   memstream bench core                            # streaming cost vs growing KV cache, Emformer, ONNX Runtime
@@ -36,6 +40,15 @@ def _recall(name: str) -> Handler:
     return handler
 
 
+def _run(module: str, name: str = "cli_run") -> Handler:
+    def handler(argv: list[str]) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(f"memstream.pipelines.{module}"), name)(argv)
+
+    return handler
+
+
 def _core(name: str) -> Handler:
     def handler(argv: list[str]) -> int:
         from memstream.pipelines import core_tools
@@ -47,6 +60,7 @@ def _core(name: str) -> Handler:
 
 COMMANDS: dict[str, tuple[str, dict[str, Handler]]] = {
     "demo": ("run the demo on bundled models and media", {"": _recall("cli_demo")}),
+    "run": ("run a task on live or recorded streams", {"core": _run("core_task")}),
     "train": ("train a model and write a checkpoint", {"recall": _recall("cli_train")}),
     "export": ("export a model's streaming step to ONNX", {"core": _core("cli_export")}),
     "bench": ("measure speed and accuracy, print one JSON object",
