@@ -1,0 +1,361 @@
+"""The runtime end to end with the bare core: packet-size invariance, batching == alone, torch == ONNX,
+streams joining and leaving, failing and slow sources, graceful SIGINT/SIGTERM, the ``stream()`` API.
+
+Sources here are tiny in-test classes (lists of packets, a slow one, a failing one), so these tests depend
+on the Source contract only, not on any decoder library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from memstream.export import TorchBackend
+from memstream.memory import CoreConfig, MemoryCore
+from memstream.pipelines.core_task import CoreProbeTask
+from memstream.pipelines.runner import StreamRunner, read_streams_file, stream
+from memstream.pipelines.sinks import JsonlSink, SummarySink
+from memstream.pipelines.streams import Packet, Source, SourceInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+RATE = 16000
+
+
+class ListSource(Source):
+    """Packets from memory. ``delay``: seconds slept before every ``burst``-th packet; ``fail_after``: raise
+    after that many packets; ``gate``: an Event waited on before each packet (a stalled live source)."""
+
+    def __init__(self, name, kind, rate, packets, channels=1, delay=0.0, burst=1, fail_after=None, gate=None):
+        self.name, self.packets, self.delay, self.burst = name, packets, delay, burst
+        self.fail_after, self.gate = fail_after, gate
+        self._info = SourceInfo(kind, rate, channels)
+        self.closed = False
+
+    def open(self):
+        self.info = self._info
+        return self.info
+
+    def __iter__(self):
+        for i, packet in enumerate(self.packets):
+            if self.fail_after is not None and i == self.fail_after:
+                raise RuntimeError("decoder exploded")
+            if self.gate is not None:
+                self.gate.wait()
+            if self.delay and i % self.burst == 0:
+                time.sleep(self.delay)
+            yield packet
+
+    def close(self):
+        self.closed = True
+
+
+def audio(seconds: float, seed: int, channels: int = 2) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    t = np.arange(n) / RATE
+    tone = 0.3 * np.sin(2 * np.pi * (200 + 100 * seed) * t)[:, None]
+    return (tone + 0.05 * rng.standard_normal((n, channels))).astype(np.float32)
+
+
+def audio_source(name, x, packet, **kw) -> ListSource:
+    packets = [Packet(x[i:i + packet], i / RATE) for i in range(0, len(x), packet)]
+    return ListSource(name, "audio", RATE, packets, channels=x.shape[1], **kw)
+
+
+def video(frames: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (1, 30, 40, 3))
+    drift = np.arange(frames)[:, None, None, None] * 7
+    return ((base + drift + rng.integers(0, 30, (frames, 30, 40, 3))) % 256).astype(np.uint8)
+
+
+def video_source(name, frames, burst=1, fps=8.0, **kw) -> ListSource:
+    """``burst`` frames per packet: 1 -> (H, W, 3) packets, n -> (n, H, W, 3) packets."""
+    if burst == 1:
+        packets = [Packet(f, i / fps) for i, f in enumerate(frames)]
+    else:
+        packets = [Packet(frames[i:i + burst], i / fps) for i in range(0, len(frames), burst)]
+    return ListSource(name, "video", fps, packets, **kw)
+
+
+@pytest.fixture(scope="module")
+def core() -> MemoryCore:
+    torch.manual_seed(0)
+    return MemoryCore(CoreConfig(dim=32, heads=2, layers=2, ff_mult=2, segment=4, memory_length=6)).eval()
+
+
+@pytest.fixture(scope="module")
+def audio_task(core) -> CoreProbeTask:
+    return CoreProbeTask("audio", core)
+
+
+@pytest.fixture(scope="module")
+def video_task(core) -> CoreProbeTask:
+    return CoreProbeTask("video", core, frame_size=(24, 32), grid=(6, 8))
+
+
+def run(task, sources, backend=None, **kw) -> tuple[dict[str, list], dict]:
+    """Run sources (a list, ids 0..n-1) to the end -> ({stream: [results]}, summary)."""
+    runner = StreamRunner(task, backend or TorchBackend(task.model), kw.pop("sinks", ()),
+                          max_streams=kw.pop("max_streams", len(sources)), **kw)
+    for s in sources:
+        runner.add(s)
+    out: dict[str, list] = {}
+    for r in runner.results():
+        out.setdefault(r.stream, []).append(r)
+    return out, runner.summary
+
+
+def outputs(results) -> torch.Tensor:
+    return torch.stack([r.outputs for r in results])
+
+
+def events(results) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "stream"} for r in results for e in r.events]
+
+
+def assert_events_close(a: list[dict], b: list[dict], tol: float = 1e-5) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            if isinstance(x[k], float):
+                assert math.isclose(x[k], y[k], rel_tol=tol, abs_tol=tol), (k, x, y)
+            else:
+                assert x[k] == y[k], (k, x, y)
+
+
+# -- packet-size invariance -------------------------------------------------------------------------------
+def test_audio_packet_size_invariance(audio_task):
+    x = audio(1.37, seed=1)
+    small, _ = run(audio_task, [audio_source("a", x, RATE // 100)])   # 10 ms packets
+    large, _ = run(audio_task, [audio_source("a", x, RATE)])          # 1 s packets
+    assert len(small["0"]) == math.ceil(len(x) / audio_task.segment_size)
+    assert events(small["0"]) == events(large["0"])
+    assert torch.equal(outputs(small["0"]), outputs(large["0"]))
+    assert small["0"][-1].events[0]["valid_fraction"] < 1.0  # the padded last segment
+
+
+def test_video_burst_invariance(video_task):
+    frames = video(23, seed=2)
+    single, _ = run(video_task, [video_source("v", frames, burst=1, delay=0.002)])
+    burst, _ = run(video_task, [video_source("v", frames, burst=7, delay=0.01)])
+    assert len(single["0"]) == math.ceil(23 / video_task.segment_size)
+    assert events(single["0"]) == events(burst["0"])
+    assert torch.equal(outputs(single["0"]), outputs(burst["0"]))
+    ev = single["0"][1].events[0]
+    assert ev["time"] == 0.5 and ev["end"] == 1.0
+
+
+# -- batching, backends, joining and leaving ---------------------------------------------------------------
+def test_batched_streams_equal_each_alone(audio_task):
+    xs = [audio(s, seed=k) for k, s in enumerate((0.9, 1.3, 0.5))]
+    sizes = (160, 3000, 16000)
+    together, summary = run(audio_task, [audio_source(f"s{k}", x, n) for k, (x, n) in enumerate(zip(xs, sizes))],
+                            batch_timeout=0.2)
+    assert summary["total"]["mean_batch"] > 1.2  # streams really shared steps
+    for k, x in enumerate(xs):
+        alone, _ = run(audio_task, [audio_source(f"s{k}", x, 1280)])
+        torch.testing.assert_close(outputs(together[str(k)]), outputs(alone["0"]), atol=1e-5, rtol=1e-5)
+        assert_events_close(events(together[str(k)]), events(alone["0"]))
+
+
+def test_torch_and_onnx_backends_agree(video_task, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from memstream.pipelines.runner import onnx_backend
+
+    backend = onnx_backend(video_task, tmp_path / "core.onnx")
+    clips = [video(19, seed=3), video(9, seed=4)]
+    ref, _ = run(video_task, [video_source(f"v{k}", c) for k, c in enumerate(clips)])
+    got, summary = run(video_task, [video_source(f"v{k}", c) for k, c in enumerate(clips)], backend=backend)
+    assert summary["backend"] == "onnx"
+    for sid in ref:
+        torch.testing.assert_close(outputs(got[sid]), outputs(ref[sid]), atol=1e-4, rtol=1e-4)
+        assert_events_close(events(got[sid]), events(ref[sid]), tol=1e-4)
+
+
+class _JoinOn:
+    """A sink that adds a stream when stream ``watch`` emits segment ``index`` (a late joiner)."""
+
+    def __init__(self, watch, index, join):
+        self.watch, self.index, self.join, self.runner = watch, index, join, None
+
+    def write(self, event):
+        if event["stream"] == self.watch and event.get("index") == self.index:
+            self.runner.add(self.join, "late")
+
+    def close(self):
+        pass
+
+
+def test_streams_join_and_leave_reusing_slots(audio_task):
+    xa, xc, xd, xlate = audio(1.2, 5), audio(0.25, 6), audio(0.33, 7), audio(0.5, 8)
+    joiner = _JoinOn("A", 3, audio_source("late", xlate, 800))
+    runner = StreamRunner(audio_task, TorchBackend(audio_task.model), [joiner], max_streams=2, batch_timeout=0.05)
+    joiner.runner = runner
+    runner.add(audio_source("A", xa, 320), "A")
+    runner.add(audio_source("C", xc, 320), "C")
+    runner.add(audio_source("D", xd, 320), "D")  # waits for a free slot: C's
+    got: dict[str, list] = {}
+    for r in runner.results():
+        got.setdefault(r.stream, []).append(r)
+    slots = {sid: st.slot for sid, st in runner._streams.items()}
+    assert slots["D"] == slots["C"] and slots["late"] != slots["A"]
+    assert set(runner.summary["streams"]) == {"A", "C", "D", "late"}
+    assert all(row["status"] == "ended" for row in runner.summary["streams"].values())
+    for sid, x in (("A", xa), ("C", xc), ("D", xd), ("late", xlate)):
+        alone, _ = run(audio_task, [audio_source(sid, x, 1280)])
+        torch.testing.assert_close(outputs(got[sid]), outputs(alone["0"]), atol=1e-5, rtol=1e-5)
+        assert_events_close(events(got[sid]), events(alone["0"]))
+
+
+def test_failing_source_ends_only_its_stream(audio_task, tmp_path):
+    x = audio(0.8, 9)
+    bad = audio_source("bad", audio(2.0, 10), 640, fail_after=5)
+    good = audio_source("good", x, 640)
+    sinks = [JsonlSink(tmp_path / "events.jsonl"), SummarySink(tmp_path / "summary.json")]
+    got, summary = run(audio_task, [bad, good], sinks=sinks)
+    alone, _ = run(audio_task, [audio_source("good", x, 640)])
+    torch.testing.assert_close(outputs(got["1"]), outputs(alone["0"]), atol=1e-5, rtol=1e-5)
+    rows = summary["streams"]
+    assert rows["0"]["status"] == "error" and "decoder exploded" in rows["0"]["error"]
+    assert rows["1"]["status"] == "ended" and summary["total"]["errors"] == 1
+    assert rows["0"]["samples_in"] == 5 * 640 and bad.closed
+    lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["type"] for e in lines if e["stream"] == "0"][-1] == "end"  # its decoder was flushed
+
+
+def test_slow_stream_does_not_stall_others(audio_task):
+    gate = threading.Event()
+    x = audio(1.0, 11)
+    slow = audio_source("slow", audio(10.0, 12), audio_task.segment_size, gate=gate)
+    fast = audio_source("fast", x, 320)
+    runner = StreamRunner(audio_task, TorchBackend(audio_task.model), max_streams=2, batch_timeout=0.02)
+    runner.add(slow, "slow")
+    runner.add(fast, "fast")
+    t0 = time.perf_counter()
+    fast_done = None
+    slow_seen = 0
+    for r in runner.results():
+        if r.stream == "fast" and r.index == math.ceil(len(x) / audio_task.segment_size) - 1:
+            fast_done = time.perf_counter() - t0
+            gate.set()  # now the slow stream delivers
+        slow_seen += r.stream == "slow"
+        if slow_seen == 3:
+            runner.stop()
+    assert fast_done is not None and fast_done < 8.0, fast_done  # 16 segments, never waiting on the stalled one
+    rows = runner.summary["streams"]
+    assert rows["fast"]["status"] == "ended" and rows["slow"]["status"] == "stopped"
+    assert rows["slow"]["segments"] == 3
+
+
+# -- the generator API --------------------------------------------------------------------------------
+def test_stream_generator_api(core, tmp_path):
+    xs = [audio(0.4, 13), audio(0.6, 14)]
+    sources = [audio_source(f"m{k}", x, 400) for k, x in enumerate(xs)]
+    got = list(stream(core, sources, kind="audio", sinks=[SummarySink(tmp_path / "s.json")]))
+    task = CoreProbeTask("audio", core)
+    assert {r.stream for r in got} == {"0", "1"}
+    for k, x in enumerate(xs):
+        mine = [r for r in got if r.stream == str(k)]
+        assert [r.index for r in mine] == list(range(math.ceil(len(x) / task.segment_size)))
+        assert all(r.events[0]["stream"] == str(k) and r.events[0]["time"] == r.time for r in mine)
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["total"]["segments"] == len(got)
+
+    early = stream(core, [audio_source("long", audio(3.0, 15), 400)], kind="audio")
+    first = next(early)
+    early.close()  # breaking out stops the run cleanly
+    assert first.index == 0
+
+
+def test_streams_file(tmp_path):
+    (tmp_path / "clip.wav").write_bytes(b"")
+    f = tmp_path / "cams.streams"
+    f.write_text("# cameras\nrtsp://host/1#frag\n\n0\nclip.wav  # a file\n/abs/missing.mp4\n")
+    assert read_streams_file(f) == ["rtsp://host/1#frag", "0", str(tmp_path / "clip.wav"), "/abs/missing.mp4"]
+    (tmp_path / "empty.streams").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no sources"):
+        read_streams_file(tmp_path / "empty.streams")
+
+
+# -- the CLI: graceful stop and errors -------------------------------------------------------------------
+ENDLESS = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import memstream.pipelines.runner as runner
+    from memstream.pipelines.cli import main
+    from memstream.pipelines.streams import Packet, Source, SourceInfo
+
+    class Endless(Source):
+        name = "endless"
+        def open(self):
+            self.info = SourceInfo("audio", 16000, 1, live=True)
+            return self.info
+        def __iter__(self):
+            rng, i = np.random.default_rng(0), 0
+            while True:
+                time.sleep(0.01)
+                yield Packet(rng.standard_normal((160, 1)).astype(np.float32) * 0.1, i / 16000)
+                i += 160
+
+    runner.open_specs = lambda specs, kind, **options: [Endless() for _ in specs]
+    sys.exit(main(["run", "core", "--source", "live-a", "--source", "live-b", "--kind", "audio",
+                   "--out", sys.argv[1]]))
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cli_graceful_stop(sig, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", ENDLESS, str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events_file = out / "events.jsonl"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            if events_file.is_file() and len(events_file.read_text().splitlines()) >= 6:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    lines = [json.loads(line) for line in events_file.read_text().splitlines()]  # every line complete
+    summary = json.loads((out / "summary.json").read_text())
+    segments = [e for e in lines if e["type"] == "segment"]
+    assert summary["total"]["segments"] == len(segments) >= 6
+    assert summary["events"] == {"segment": len(segments), "end": 2}
+    assert {row["status"] for row in summary["streams"].values()} == {"stopped"}
+    for sid in ("0", "1"):
+        mine = [e for e in lines if e["stream"] == sid]
+        assert [e["index"] for e in mine[:-1]] == list(range(len(mine) - 1)) and mine[-1]["type"] == "end"
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    from memstream.pipelines.cli import main
+
+    assert main(["run", "core", "--kind", "audio"]) == 2
+    assert "no source" in capsys.readouterr().err
+    try:
+        from memstream.pipelines.sources import open_source  # noqa: F401
+    except ImportError:
+        pytest.skip("memstream.pipelines.sources.open_source is not there yet")
+    assert main(["run", "core", "--source", str(tmp_path / "missing.wav")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.wav" in err
