@@ -47,7 +47,10 @@ def _plain(value: Any) -> Any:
 
 def to_json(obj: Any, **kwargs) -> str:
     """Strict JSON (no NaN/Infinity) of events and summaries holding numpy or torch values."""
-    return json.dumps(_plain(obj), allow_nan=False, **kwargs)
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)  # plain Python values: the fast path
+    except (TypeError, ValueError):
+        return json.dumps(_plain(obj), allow_nan=False, **kwargs)
 
 
 def percentiles_ms(values: list[float]) -> dict[str, float | None]:
