@@ -316,12 +316,37 @@ ENDLESS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_cli_graceful_stop(sig, tmp_path):
+def _feed_stdin(proc, stop: threading.Event) -> None:
+    """Raw s16le noise at about real time until stopped or the pipe closes."""
+    rng = np.random.default_rng(0)
+    try:
+        while not stop.is_set():
+            proc.stdin.write((rng.standard_normal(800) * 3000).astype("<i2").tobytes())
+            proc.stdin.flush()
+            time.sleep(0.05)
+    except (BrokenPipeError, ValueError, OSError):
+        pass
+
+
+@pytest.mark.parametrize("sig,feed", [(signal.SIGINT, "memory"), (signal.SIGTERM, "stdin")],
+                         ids=["SIGINT-memory", "SIGTERM-stdin"])
+def test_cli_graceful_stop(sig, feed, tmp_path):
+    """A run on endless sources gets a signal: exit 0, every event line and the summary complete."""
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", ENDLESS, str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if feed == "memory":  # two endless in-memory streams through the CLI handler
+        cmd, n_streams = [sys.executable, "-c", ENDLESS, str(out)], 2
+    else:  # the real CLI reading raw PCM from a pipe (the sources module's StdinPcmSource)
+        pytest.importorskip("memstream.pipelines.sources")
+        cmd = [sys.executable, "-m", "memstream.pipelines.cli", "run", "core", "--source", "-", "--rate", "16000",
+               "--channels", "1", "--format", "s16le", "--out", str(out)]
+        n_streams = 1
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE if feed == "stdin" else None,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=feed != "stdin")
+    stop_feeding = threading.Event()
+    feeder = threading.Thread(target=_feed_stdin, args=(proc, stop_feeding), daemon=True)
+    if feed == "stdin":
+        feeder.start()
     events_file = out / "events.jsonl"
     try:
         deadline = time.time() + 60
@@ -331,8 +356,13 @@ def test_cli_graceful_stop(sig, tmp_path):
             time.sleep(0.1)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=30)
+        deadline = time.time() + 30
+        while proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        stop_feeding.set()
+        _, stderr = proc.communicate(timeout=10)
     finally:
+        stop_feeding.set()
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stderr
@@ -340,9 +370,9 @@ def test_cli_graceful_stop(sig, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     segments = [e for e in lines if e["type"] == "segment"]
     assert summary["total"]["segments"] == len(segments) >= 6
-    assert summary["events"] == {"segment": len(segments), "end": 2}
+    assert summary["events"] == {"segment": len(segments), "end": n_streams}
     assert {row["status"] for row in summary["streams"].values()} == {"stopped"}
-    for sid in ("0", "1"):
+    for sid in map(str, range(n_streams)):
         mine = [e for e in lines if e["stream"] == sid]
         assert [e["index"] for e in mine[:-1]] == list(range(len(mine) - 1)) and mine[-1]["type"] == "end"
 
