@@ -78,7 +78,7 @@ class AudioFileSource(BaseSource):
             except SourceError:
                 raise
             except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
-                causes.append(f"soundfile: {one_line(e)}")
+                causes.append(f"soundfile: {getattr(e, 'error_string', None) or one_line(e)}")
                 self._close()
                 if self.backend == "soundfile":
                     raise SourceError(self.name, f"cannot decode audio ({causes[0]})") from e
@@ -105,11 +105,15 @@ class AudioFileSource(BaseSource):
 
         try:
             self._container = av.open(str(path))
+        except EOFError as e:  # FFmpeg's end of file before a single packet
+            raise SourceError(self.name, "zero-length audio (the file ends before any data)") from e
         except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
             raise SourceError(self.name, f"cannot decode audio: {one_line(e)}") from e
         if not self._container.streams.audio:
             raise SourceError(self.name, "no audio track")
         stream = self._container.streams.audio[0]
+        if stream.codec_context is None:
+            raise SourceError(self.name, "unsupported audio codec or sample format (no decoder for it)")
         rate = stream.codec_context.sample_rate or stream.rate
         channels = stream.codec_context.layout.nb_channels or getattr(stream.codec_context, "channels", 0)
         if not rate or not channels:
@@ -310,30 +314,29 @@ class MicrophoneSource(BaseSource):
                     self._lost += len(old)
                     self.stats.dropped += len(old)
 
-    def _restart(self) -> bool:
-        self._stop_stream()
-        for attempt in range(self.reconnect.attempts):
-            time.sleep(self.reconnect.delay(attempt))
-            try:
-                self._start()
-            except SourceError as e:
-                log.info("%s: reopen attempt %d failed: %s", self.name, attempt + 1, e.cause)
-                continue
-            self.stats.reconnects += 1
-            return True
-        self.fail(f"no audio for {self.stall_timeout:g} s and {self.reconnect.attempts} reopen attempts failed")
-        return False
-
     def _packets(self) -> Iterator[Packet]:
-        position, seen_lost = 0, 0
-        while self._stream is not None or self._restart():
+        position = seen_lost = failures = 0
+        while True:
             try:
+                if self._stream is None:
+                    raise queue.Empty
                 block = self._queue.get(timeout=self.stall_timeout)
-            except queue.Empty:
-                log.warning("%s: no audio for %g s; reopening the device", self.name, self.stall_timeout)
-                if not self._restart():
+            except queue.Empty:  # the device went silent (or could not be reopened): reopen it, within limits
+                if failures >= self.reconnect.attempts:
+                    tried = f" and {failures} reopen attempts failed" if failures else ""
+                    self.fail(f"no audio for {self.stall_timeout:g} s{tried}")
                     return
+                log.warning("%s: no audio for %g s; reopening the device", self.name, self.stall_timeout)
+                self._stop_stream()
+                time.sleep(self.reconnect.delay(failures))
+                failures += 1
+                try:
+                    self._start()
+                    self.stats.reconnects += 1
+                except SourceError as e:
+                    log.info("%s: reopen attempt %d failed: %s", self.name, failures, e.cause)
                 continue
+            failures = 0
             with self._lock:
                 position += self._lost - seen_lost
                 seen_lost = self._lost

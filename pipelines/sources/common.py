@@ -121,7 +121,9 @@ class BaseSource(Source):
 
 
 def one_line(error: BaseException | str) -> str:
-    text = " ".join(str(error).split())
+    """The error's message on one line (for FFmpeg/OS errors, the plain cause without errno and path)."""
+    text = getattr(error, "strerror", None) if isinstance(error, BaseException) else None
+    text = " ".join(str(text or error).split())
     return text or type(error).__name__
 
 

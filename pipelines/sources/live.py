@@ -91,6 +91,8 @@ class _Stamper:
 class _LiveVideoSource(BaseSource):
     """Common machinery of :class:`CameraSource` and :class:`UrlVideoSource` (see the module docstring)."""
 
+    watchdog_slack = 5.0  # s beyond the configured timeouts before a reader stuck in a native call is abandoned
+
     def __init__(self, name: str, mode: str = "latest", buffer: int = 64, reconnect: Reconnect | None = None,
                  stall_timeout: float = 5.0, open_timeout: float = 10.0) -> None:
         super().__init__(name)
@@ -106,6 +108,7 @@ class _LiveVideoSource(BaseSource):
         self.stall_timeout, self.open_timeout = float(stall_timeout), float(open_timeout)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._abandoned = False
 
     def _connect(self) -> cv2.VideoCapture:
         """An opened capture, else SourceError with the cause."""
@@ -136,6 +139,7 @@ class _LiveVideoSource(BaseSource):
         self._frames = FrameBuffer(self.mode, self.buffer)
         self._stop.clear()
         self._failures = self._overwritten = 0
+        self._abandoned = False
         self._heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._run, args=(cap, frames), name=f"source {self.name}", daemon=True)
         self._thread.start()
@@ -198,13 +202,14 @@ class _LiveVideoSource(BaseSource):
             log.info("%s: reconnected (attempt %d)", self.name, self._failures)
             return cap
         if not self._stop.is_set():
-            self.fail(f"gave up after {self.reconnect.attempts} reconnect attempts: {cause}")
+            n = self.reconnect.attempts
+            self.fail(f"{cause}; reconnection is off" if n == 0 else f"gave up after {n} reconnect attempts: {cause}")
         return None
 
     # -- consumer ---------------------------------------------------------------------------------
 
     def _packets(self) -> Iterator[Packet]:
-        patience = self.stall_timeout + self.open_timeout + self.reconnect.max_interval + 5.0
+        patience = self.stall_timeout + self.open_timeout + self.reconnect.max_interval + self.watchdog_slack
         while True:
             item = self._frames.get(timeout=0.1)
             if item is not None:
@@ -218,13 +223,14 @@ class _LiveVideoSource(BaseSource):
             if time.monotonic() - self._heartbeat > patience:
                 self.fail(f"the reader has been blocked for over {patience:g} s; giving up")
                 self._stop.set()
+                self._abandoned = True
                 return
 
     def _close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._frames.finish()
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=0.0 if self._abandoned else 2.0)
             if self._thread.is_alive():  # inside a native read: it releases the capture when that returns
                 log.warning("%s: reader thread still busy in a read; left to finish in the background", self.name)
             self._thread = None

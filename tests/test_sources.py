@@ -1,0 +1,331 @@
+"""Recorded sources: real files decode to the right rates and durations, stdin PCM round-trips, the
+factory routes every spec, and every kind of bad input gives a one-line SourceError naming the source
+(or a logged skip where the stream can go on). Live sources: test_sources_live.py."""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import sys
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+from memstream.pipelines.segmenter import AudioSegmenter, VideoSegmenter
+from memstream.pipelines.sources import (
+    PCM_FORMATS,
+    AudioFileSource,
+    CameraSource,
+    ImageFolderSource,
+    MicrophoneSource,
+    StdinPcmSource,
+    UrlVideoSource,
+    VideoFileSource,
+    make_source,
+    open_source,
+)
+from memstream.pipelines.streams import SourceError
+from sources_media import REALDATA, write_resolution_change, write_video
+
+ASR = sorted(p for p in (REALDATA / "asr").glob("*") if p.suffix in (".wav", ".flac")) if REALDATA.is_dir() else []
+CLIPS = sorted((REALDATA / "video").glob("*.mp4")) if REALDATA.is_dir() else []
+needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"real sample data not found at {REALDATA}")
+
+
+def _drain(source):
+    with source:
+        packets = list(source)
+    times = [p.time for p in packets]
+    assert all(b >= a for a, b in zip(times, times[1:])), "packet times must not go backwards"
+    return packets
+
+
+# -- real files -------------------------------------------------------------------------------------
+
+
+@needs_realdata
+@pytest.mark.parametrize("path", ASR, ids=lambda p: p.name)
+def test_real_audio_rate_channels_duration(path):
+    ref = sf.info(str(path))
+    source = AudioFileSource(path)
+    packets = _drain(source)
+    assert (source.info.rate, source.info.channels) == (ref.samplerate, ref.channels)
+    assert source.info.duration == pytest.approx(ref.duration)
+    samples = sum(len(p.data) for p in packets)
+    assert abs(samples - ref.frames) <= max(len(p.data) for p in packets)  # within one packet
+    assert all(p.data.dtype == np.float32 and p.data.shape[1] == ref.channels for p in packets)
+    assert packets[-1].time == pytest.approx((samples - len(packets[-1].data)) / ref.samplerate)
+    assert source.stats.items == samples and not source.stats.errors
+
+
+@needs_realdata
+def test_real_audio_through_the_segmenter():
+    source = AudioFileSource(REALDATA / "asr" / "jfk.flac")  # 44.1 kHz stereo -> 16 kHz mono
+    with source:
+        seg = AudioSegmenter(16000, 16000, int(source.info.rate), source.info.channels)
+        segments = [s for p in source for s in seg.push(p.data)] + seg.flush()
+    assert sum(s.num_valid for s in segments) == pytest.approx(11.0 * 16000, abs=2)
+
+
+@needs_realdata
+@pytest.mark.parametrize("backend", ["opencv", "pyav"])
+@pytest.mark.parametrize("path", CLIPS, ids=lambda p: p.name)
+def test_real_video_fps_frames_size(path, backend):
+    with av.open(str(path)) as ref:
+        stream = ref.streams.video[0]
+        fps, frames, size = float(stream.average_rate), stream.frames, (stream.height, stream.width)
+    source = VideoFileSource(path, backend=backend)
+    packets = _drain(source)
+    assert source.info.rate == pytest.approx(fps) and source.info.size == size
+    assert len(packets) == frames and {p.data.shape for p in packets} == {(*size, 3)}
+    assert all(p.data.dtype == np.uint8 for p in packets)
+    assert [p.time for p in packets] == pytest.approx([i / fps for i in range(frames)], abs=1e-3)
+    assert source.info.duration == pytest.approx(frames / fps, abs=0.1)
+
+
+@needs_realdata
+def test_real_video_colours_are_rgb():
+    path = CLIPS[0]
+    with VideoFileSource(path) as cv, VideoFileSource(path, backend="pyav") as pyav:
+        a, b = next(iter(cv)).data.astype(int), next(iter(pyav)).data.astype(int)
+    assert np.abs(a - b).mean() < 3  # PyAV decodes to RGB itself: same channel order
+
+
+@needs_realdata
+def test_audio_track_of_a_video():
+    path = REALDATA / "video" / "big_buck_bunny_small.mp4"
+    source = make_source(str(path), kind="audio")
+    packets = _drain(source)
+    with av.open(str(path)) as ref:
+        stream = ref.streams.audio[0]
+        rate, channels = stream.rate, stream.codec_context.layout.nb_channels
+        duration = float(stream.duration * stream.time_base)
+    assert (source.info.rate, source.info.channels) == (rate, channels)
+    assert sum(len(p.data) for p in packets) / rate == pytest.approx(duration, abs=0.05)
+    assert all(np.isfinite(p.data).all() and np.abs(p.data).max() <= 1.0 for p in packets)
+
+
+# -- generated media: resolution change, image folders ----------------------------------------------
+
+
+def test_resolution_change_mid_stream(tmp_path, caplog):
+    path = tmp_path / "change.ts"
+    write_resolution_change(path, frames=20)
+    shapes = {}
+    for backend in ("pyav", "opencv"):
+        packets = _drain(VideoFileSource(path, backend=backend))
+        assert len(packets) >= 38  # both parts decode (a frame at the splice may be lost)
+        shapes[backend] = [p.data.shape[:2] for p in packets]
+        segmenter = VideoSegmenter(8)
+        with caplog.at_level(logging.WARNING):
+            segments = [s for p in packets for s in segmenter.push(p.data, p.time)] + segmenter.flush()
+        assert {s.data.shape for s in segments} == {(8, 120, 160, 3)}
+        assert sum(s.num_valid for s in segments) == len(packets)
+    assert set(shapes["pyav"]) == {(120, 160), (240, 320)}  # PyAV passes both sizes through
+    assert set(shapes["opencv"]) == {(120, 160)}  # OpenCV scales to the first frame's size itself
+    assert "frame size changed" in caplog.text
+
+
+def test_image_folder_sorted_with_skip(tmp_path, caplog):
+    import cv2
+
+    for i in (1, 2, 10):
+        cv2.imwrite(str(tmp_path / f"frame{i}.png"), np.full((4, 5, 3), i, np.uint8))
+    (tmp_path / "frame3.png").write_bytes(b"not a png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    source = make_source(str(tmp_path), fps=10)
+    assert isinstance(source, ImageFolderSource)
+    with caplog.at_level(logging.WARNING):
+        packets = _drain(source)
+    assert [int(p.data[0, 0, 0]) for p in packets] == [1, 2, 10]  # natural order, frame3 skipped
+    assert [p.time for p in packets] == pytest.approx([0.0, 0.1, 0.3])
+    assert source.stats.skipped == 1 and "frame3.png" in caplog.text
+    assert source.info.size == (4, 5) and source.info.rate == 10
+
+
+def test_damaged_video_middle_goes_on(tmp_path):
+    path = tmp_path / "damaged.ts"
+    write_video(path, (64, 64), 50)
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(0)
+    middle = len(data) // 2
+    data[middle:middle + 3000] = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    for backend in ("opencv", "pyav"):
+        packets = _drain(VideoFileSource(path, backend=backend))
+        assert 25 <= len(packets) <= 50  # frames after the damage still arrive
+
+
+# -- stdin PCM --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", list(PCM_FORMATS))
+def test_stdin_pcm_round_trip(fmt):
+    dtype, scale, offset = PCM_FORMATS[fmt]
+    rng = np.random.default_rng(1)
+    raw = (rng.integers(-100, 100, size=(1001, 2)) * (1 if fmt == "u8" else 300)).astype(np.float64)
+    stored = (raw + offset if fmt != "f32le" else raw / 30000).astype(dtype)
+    expected = ((stored.astype(np.float64) - offset) / scale).astype(np.float32)
+    source = StdinPcmSource(8000, channels=2, format=fmt, stream=io.BytesIO(stored.tobytes() + b"\x01"),
+                            block_seconds=0.03)
+    packets = _drain(source)
+    np.testing.assert_array_equal(np.concatenate([p.data for p in packets]), expected)
+    assert [p.time for p in packets] == [i * 240 / 8000 for i in range(len(packets))]
+    assert source.stats.skipped == 1  # the trailing partial frame, logged
+
+
+def test_stdin_reads_sys_stdin(monkeypatch):
+    samples = np.array([0, 16384, -32768], "<i2")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(samples.tobytes())))
+    source = make_source("-", kind="audio", rate=16000, channels=1, format="s16le")
+    (packet,) = _drain(source)
+    assert packet.data[:, 0].tolist() == [0.0, 0.5, -1.0]
+
+
+def test_stdin_non_finite_samples_replaced(caplog):
+    data = np.array([0.5, np.nan, np.inf, -np.inf, -0.5], "<f4")
+    source = StdinPcmSource(16000, format="f32le", stream=io.BytesIO(data.tobytes()))
+    with caplog.at_level(logging.WARNING):
+        (packet,) = _drain(source)
+    assert packet.data[:, 0].tolist() == [0.5, 0.0, 0.0, 0.0, -0.5]
+    assert source.stats.skipped == 3 and caplog.text.count("non-finite") == 1
+
+
+# -- the factory ------------------------------------------------------------------------------------
+
+
+def test_factory_routes_every_spec(tmp_path):
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), np.zeros(100, np.float32), 16000)
+    assert isinstance(make_source(0), CameraSource) and isinstance(make_source("2", mode="all"), CameraSource)
+    assert isinstance(make_source("-", kind="audio", rate=8000, fps=5), StdinPcmSource)
+    assert make_source("mic:3", kind="audio").device == 3
+    assert make_source("mic:USB", kind="audio").device == "USB"
+    assert make_source("mic", kind="audio", rate=None).rate == 16000  # None options fall back to defaults
+    for url in ("rtsp://u:secret@cam.local/s", "http://h/x.m3u8", "udp://127.0.0.1:5000", "rtmp://h/app"):
+        source = make_source(url, buffer=4)
+        assert isinstance(source, UrlVideoSource) and "secret" not in source.name
+    assert isinstance(make_source(tmp_path), ImageFolderSource)
+    assert isinstance(make_source(wav, kind="audio"), AudioFileSource)
+    assert isinstance(make_source(str(wav), backend="pyav"), VideoFileSource)
+
+
+@pytest.mark.parametrize("spec,kind,name,cause", [
+    ("/no/such/file.mp4", "video", "/no/such/file.mp4", "no such file"),
+    ("ftp://example.com/x.mp4", "video", "ftp://example.com/x.mp4", "unsupported URL scheme 'ftp'"),
+    ("mic", "video", "mic", "gives audio"),
+    ("0", "audio", "0", "gives video"),
+    ("-", "audio", "stdin", "sample rate"),
+    ("x.wav", "speech", "x.wav", "kind='speech'"),
+])
+def test_factory_rejects(spec, kind, name, cause):
+    with pytest.raises(SourceError) as err:
+        open_source(spec, kind)
+    assert err.value.source == name and cause in err.value.cause
+
+
+# -- bad input: each gives one line naming the source and the cause --------------------------------
+
+
+def _error(source) -> SourceError:
+    with pytest.raises(SourceError) as err:
+        with source:
+            list(source)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(source.name + ": ") and err.value.cause
+    return err.value
+
+
+def test_missing_files(tmp_path):
+    for source in (VideoFileSource(tmp_path / "gone.mp4"), VideoFileSource(tmp_path / "gone.mp4", backend="pyav"),
+                   AudioFileSource(tmp_path / "gone.flac"), ImageFolderSource(tmp_path / "gone")):
+        assert "no such" in _error(source).cause
+    assert str(tmp_path / "gone.mp4") in str(_error(VideoFileSource(tmp_path / "gone.mp4")))
+
+
+def test_unreadable_and_corrupt_files(tmp_path):
+    garbage = np.random.default_rng(0).integers(0, 256, 40000, dtype=np.uint8).tobytes()
+    for name in ("noise.mp4", "noise.wav", "noise.mp3"):
+        (tmp_path / name).write_bytes(garbage)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "0.png").write_bytes(b"broken")
+    if REALDATA.is_dir():  # an mp4 cut short: its index (moov) is lost
+        (tmp_path / "cut.mp4").write_bytes((REALDATA / "video" / "big_buck_bunny_small.mp4").read_bytes()[:100000])
+    for backend in ("opencv", "pyav"):
+        assert "cannot open as video" in _error(VideoFileSource(tmp_path / "noise.mp4", backend=backend)).cause
+        assert "empty file" in _error(VideoFileSource(tmp_path / "empty.mp4", backend=backend)).cause
+        if REALDATA.is_dir():
+            _error(VideoFileSource(tmp_path / "cut.mp4", backend=backend))
+    assert "cannot decode audio" in _error(AudioFileSource(tmp_path / "noise.wav")).cause
+    assert "cannot decode audio" in _error(AudioFileSource(tmp_path / "noise.mp3")).cause
+    assert "none of the 1 images" in _error(ImageFolderSource(tmp_path / "images")).cause
+    wav = tmp_path / "real.wav"
+    sf.write(str(wav), np.zeros(800, np.float32), 8000)
+    assert "no video" in _error(VideoFileSource(wav, backend="pyav")).cause
+    _error(VideoFileSource(wav))
+
+
+def test_refused_url():
+    from sources_media import free_port
+
+    for url in (f"http://127.0.0.1:{free_port()}/live.ts", f"rtsp://127.0.0.1:{free_port()}/cam"):
+        assert "connection refused" in _error(UrlVideoSource(url, open_timeout=2, stall_timeout=2)).cause
+
+
+def test_unsupported_sample_formats(tmp_path):
+    for fmt in ("s24le", "f64", "S16LE"):
+        with pytest.raises(SourceError, match=f"stdin: unsupported sample format '{fmt}'"):
+            StdinPcmSource(16000, format=fmt)
+    wav = tmp_path / "odd.wav"
+    sf.write(str(wav), np.zeros(800, np.float32), 8000, subtype="PCM_16")
+    data = bytearray(wav.read_bytes())
+    data[20:22] = struct.pack("<H", 0xABCD)  # a WAVE format tag no decoder knows
+    wav.write_bytes(bytes(data))
+    assert "unsupported audio codec" in _error(AudioFileSource(wav)).cause
+
+
+def test_zero_length_audio(tmp_path):
+    wav = tmp_path / "empty.wav"
+    sf.write(str(wav), np.zeros((0, 1), np.float32), 16000)
+    mka = tmp_path / "empty.mka"
+    with av.open(str(mka), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=16000)
+        out.start_encoding()
+        for packet in stream.encode(None):
+            out.mux(packet)
+    for source in (AudioFileSource(wav), AudioFileSource(wav, backend="pyav"), AudioFileSource(mka),
+                   StdinPcmSource(16000, stream=io.BytesIO(b""))):
+        assert "zero-length" in _error(source).cause
+
+
+def test_non_finite_audio_samples(tmp_path, caplog):
+    x = np.linspace(-0.5, 0.5, 4000).astype(np.float32)
+    x[[10, 2000, 3999]] = [np.nan, np.inf, -np.inf]
+    path = tmp_path / "nan.wav"
+    sf.write(str(path), x, 16000, subtype="FLOAT")
+    source = AudioFileSource(path, block_seconds=0.05)
+    with caplog.at_level(logging.WARNING):
+        data = np.concatenate([p.data for p in _drain(source)])[:, 0]
+    assert np.isfinite(data).all() and data[[10, 2000, 3999]].tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(np.delete(data, [10, 2000, 3999]), np.delete(x, [10, 2000, 3999]))
+    assert source.stats.skipped == 3 and caplog.text.count("non-finite") == 1 and str(path) in caplog.text
+
+
+def test_absent_microphone_and_camera():
+    cause = _error(MicrophoneSource(device="no-such-microphone-42")).cause  # real sounddevice/PortAudio
+    assert "PortAudio" in cause or "device" in cause or "sounddevice" in cause
+    assert "cannot open the camera" in _error(CameraSource(97)).cause
+
+
+def test_bad_configuration_names_the_value(tmp_path):
+    for build, value in ((lambda: ImageFolderSource(tmp_path, fps=0), "fps=0"),
+                         (lambda: VideoFileSource("x.mp4", backend="gst"), "backend='gst'"),
+                         (lambda: StdinPcmSource(0), "rate=0"),
+                         (lambda: StdinPcmSource(16000, channels=0), "channels=0"),
+                         (lambda: UrlVideoSource("http://h/x", mode="newest"), "mode='newest'"),
+                         (lambda: UrlVideoSource("http://h/x", buffer=0), "buffer=0")):
+        with pytest.raises(SourceError, match=value):
+            build()

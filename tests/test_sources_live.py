@@ -1,0 +1,179 @@
+"""Live sources: a real stream on loopback (ffmpeg publishes, is killed and restarted, the source
+reconnects), and the reader machinery driven by scripted captures: latest/all modes, drop and
+duplicate counting, stalls, the attempt limit, a reader stuck in a native call, a prompt close; the
+microphone through a stand-in sounddevice."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+from memstream.pipelines.sources import MicrophoneSource, Reconnect, UrlVideoSource
+from memstream.pipelines.streams import SourceError
+from sources_media import FFMPEG, Publisher, ScriptedCapture, ScriptedSource, fake_sounddevice, free_port
+
+FAST = Reconnect(interval=0.02, backoff=1.0, max_interval=0.02, attempts=2)
+
+
+def _times_increase(packets) -> bool:
+    times = [p.time for p in packets]
+    return all(b >= a for a, b in zip(times, times[1:]))
+
+
+def _run(source, limit: float = 10.0, per_packet: float = 0.0):
+    """All packets of ``source`` (opened and closed here), failing if it takes longer than ``limit`` s."""
+    deadline, packets = time.monotonic() + limit, []
+    with source:
+        for packet in source:
+            packets.append(packet)
+            assert time.monotonic() < deadline, "the source did not end in time"
+            time.sleep(per_packet)
+    return packets
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed: needed to publish the loopback live stream")
+@pytest.mark.parametrize("mode", ["latest", "all"])
+def test_loopback_stream_survives_publisher_restart(mode):
+    deadline = time.monotonic() + 25.0
+    publisher = Publisher(free_port()).start()
+    source = UrlVideoSource(publisher.url, mode=mode, reconnect=Reconnect(0.2, 1.5, 0.8, 8), stall_timeout=2.0,
+                            open_timeout=3.0)
+    try:
+        while True:  # ffmpeg needs a moment before it listens
+            try:
+                source.open()
+                break
+            except SourceError as e:
+                assert "connection refused" in e.cause and time.monotonic() < deadline - 15, e
+                time.sleep(0.1)
+        assert source.info.live and source.info.size == (120, 160) and source.info.rate == pytest.approx(25)
+        phase, after, packets, gone = "first", 0, [], 0.0
+        for packet in source:
+            assert time.monotonic() < deadline, f"no end in sight (phase {phase}, {source.stats})"
+            packets.append(packet)
+            if mode == "latest":
+                time.sleep(0.06)  # a consumer slower than the stream: latest drops, never builds a backlog
+            if phase == "first" and len(packets) >= 15:
+                publisher.kill()
+                time.sleep(0.3)
+                publisher.start()
+                phase = "restarted"
+            elif phase == "restarted" and source.stats.reconnects >= 1:
+                after += 1
+                if after >= 15:
+                    publisher.kill()
+                    phase, gone = "gone", time.monotonic()
+        assert phase == "gone" and source.stats.reconnects >= 1 and after >= 15
+        assert time.monotonic() - gone < 8.0  # 8 attempts, 4.8 s of waits: then the stream ends cleanly
+        assert "gave up after 8 reconnect attempts" in source.stats.errors[-1]
+        assert {p.data.shape for p in packets} == {(120, 160, 3)} and _times_increase(packets)
+        if mode == "latest":
+            assert source.stats.dropped > 0
+    finally:
+        publisher.kill()
+        source.close()
+
+
+def test_duplicates_and_gaps_are_counted():
+    stamps = [0, 40, 80, 80, 120, 240, 280, 320, 320, 320, 360]  # 3 repeats, one gap of 3 intervals
+    source = ScriptedSource([ScriptedCapture(stamps)], mode="all", reconnect=Reconnect(attempts=0))
+    packets = _run(source)
+    assert len(packets) == len(stamps) and (source.stats.duplicated, source.stats.dropped) == (3, 2)
+    assert [p.time for p in packets] == pytest.approx([s / 1000 for s in stamps])
+    assert source.stats.errors == ["the stream ended or no frame came in time; reconnection is off"]
+
+
+def test_latest_mode_drops_and_never_lags():
+    n = 60
+    source = ScriptedSource([ScriptedCapture([40 * i for i in range(n)], period=0.01)], mode="latest",
+                            reconnect=Reconnect(attempts=0))
+    packets = _run(source, per_packet=0.05)
+    ids = [int(p.data[0, 0, 0]) for p in packets]
+    assert len(packets) < n / 2 and ids == sorted(ids) and ids[-1] == n - 1
+    assert source.stats.dropped == n - len(packets)  # every frame is either delivered or counted
+
+
+def test_all_mode_back_pressure_delivers_every_frame():
+    n = 40
+    source = ScriptedSource([ScriptedCapture([40 * i for i in range(n)])], mode="all", buffer=4,
+                            reconnect=Reconnect(attempts=0))
+    with source:
+        time.sleep(0.2)  # the reader fills the buffer and waits
+        assert len(source._frames) == 4
+        packets = [p for p in source if time.sleep(0.005) is None]
+    assert [int(p.data[0, 0, 0]) for p in packets] == list(range(n)) and source.stats.dropped == 0
+
+
+def test_reconnects_within_the_attempt_limit_then_ends():
+    first = ScriptedCapture([40 * i for i in range(10)], ids=range(10))
+    second = ScriptedCapture([40 * i for i in range(10)], ids=range(10, 20))  # timestamps start again at 0
+    source = ScriptedSource([first, "refused", "refused", second], mode="all",
+                            reconnect=Reconnect(interval=0.02, backoff=2.0, max_interval=0.05, attempts=3))
+    packets = _run(source)
+    assert [int(p.data[0, 0, 0]) for p in packets] == list(range(20))
+    assert source.stats.reconnects == 1 and _times_increase(packets) and packets[10].time > packets[9].time
+    assert source.connects == 1 + 3 + 3  # open, 2 refusals + success, then 3 failed attempts
+    assert source.stats.errors[-1].startswith("gave up after 3 reconnect attempts")
+    assert first.released and second.released
+
+
+def test_a_stalled_stream_reconnects():
+    frozen = ScriptedCapture([0, 40] + [80] * 400, period=0.005)  # frames keep coming, time stands still
+    fresh = ScriptedCapture([40 * i for i in range(5)], ids=range(100, 105))
+    source = ScriptedSource([frozen, fresh], mode="all", stall_timeout=0.3, reconnect=FAST)
+    packets = _run(source)
+    assert source.stats.reconnects == 1 and source.stats.duplicated >= 10
+    assert [int(p.data[0, 0, 0]) for p in packets][-5:] == list(range(100, 105)) and _times_increase(packets)
+
+
+def test_a_reader_stuck_in_a_read_never_blocks_iteration():
+    stuck = ScriptedCapture([0, 40, 80, 120], hang=4.0)  # reads after open's three block
+    source = ScriptedSource([stuck], mode="all", stall_timeout=0.2, open_timeout=0.2, reconnect=FAST)
+    start = time.monotonic()
+    packets = _run(source)
+    assert time.monotonic() - start < 2.5 and len(packets) == 3
+    assert "blocked" in source.stats.errors[-1]
+
+
+def test_close_is_prompt():
+    endless = ScriptedCapture([40 * i for i in range(100000)], period=0.002)
+    source = ScriptedSource([endless], mode="all", buffer=8)
+    source.open()
+    for _, _packet in zip(range(20), source):
+        pass
+    thread, start = source._thread, time.monotonic()
+    source.close()
+    assert time.monotonic() - start < 0.5 and not thread.is_alive() and endless.released
+
+
+def test_reconnect_policy_is_validated():
+    for kwargs, value in (({"interval": -1}, "interval=-1"), ({"backoff": 0.5}, "backoff=0.5"),
+                          ({"attempts": 1.5}, "attempts=1.5"), ({"interval": 5, "max_interval": 1}, "max_interval=1")):
+        with pytest.raises(ValueError, match=value):
+            Reconnect(**kwargs)
+    assert [Reconnect(1, 2, 5, 4).delay(k) for k in range(4)] == [1, 2, 4, 5]
+
+
+def test_microphone_with_a_stand_in_device(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice(blocks=20, nan_block=3))
+    source = MicrophoneSource(rate=8000, channels=2, block_seconds=0.01, stall_timeout=0.3,
+                              reconnect=Reconnect(interval=0.01, attempts=1))
+    packets = _run(source)
+    assert source.info.live and (source.info.rate, source.info.channels) == (8000, 2)
+    data = np.concatenate([p.data for p in packets])
+    k = np.arange(20 * 80)
+    expected = np.repeat(((k % 100) / 100).astype(np.float32)[:, None], 2, axis=1)
+    expected[3 * 80, 0] = 0.0  # the NaN, replaced
+    np.testing.assert_array_equal(data, expected)
+    assert [p.time for p in packets] == pytest.approx([i * 0.01 for i in range(20)])
+    assert source.stats.skipped == 1 and source.stats.reconnects == 1  # reopened once, then gave up
+    assert "no audio for 0.3 s" in source.stats.errors[-1]
+
+
+def test_microphone_absent_device(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice())
+    with pytest.raises(SourceError) as err:
+        MicrophoneSource(device="USB headset").open()
+    assert str(err.value) == "microphone USB headset: no usable input device: No input device matching 'USB headset'"
