@@ -139,12 +139,24 @@ def load_core(preset: str = "core-tiny", checkpoint: str | None = None, memory: 
     return _core_from_args(argparse.Namespace(checkpoint=checkpoint, config=None, preset=preset, memory=memory))
 
 
+EXAMPLES = """\
+examples:
+  memstream run core --source talk.wav --out runs/probe           # events.jsonl + summary.json
+  memstream run core --source clip.mp4 --backend onnx --overlay runs/overlay.mp4 --out runs/clip
+  memstream run core --source 0 --source rtsp://cam/2 --mode latest --view   # two live cameras, batched
+  memstream run core --streams cameras.streams --max-streams 16 --out runs/cams   # one source per line
+  arecord -f S16_LE -r 16000 -c 1 | memstream run core --source - --rate 16000 --channels 1 --format s16le
+
+Ctrl-C or SIGTERM: the step in flight finishes, every sink is flushed, the summary is written, exit 0.
+"""
+
+
 def cli_run(argv: list[str]) -> int:
     from memstream.models import list_models
     from memstream.pipelines.runner import add_run_arguments, guess_kind, run_from_args, specs_from_args
 
     p = argparse.ArgumentParser(
-        prog="memstream run core",
+        prog="memstream run core", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="Run the bare memory core (fixed front-end, see memstream.pipelines.core_task) on live or "
                     "recorded streams: one event per segment, latency and real-time factor in the summary.")
     add_run_arguments(p)
@@ -155,9 +167,7 @@ def cli_run(argv: list[str]) -> int:
     p.add_argument("--hop", type=int, default=160, help="audio samples per token at 16 kHz (default 160)")
     args = p.parse_args(argv)
     specs = specs_from_args(args)
-    kind = args.kind or guess_kind(specs[0])
-    if kind is None:
-        raise ValueError(f"cannot tell whether {specs[0]!r} is audio or video: pass --kind audio|video")
+    kind = args.kind or guess_kind(specs[0]) or "video"  # unknown: the video decoder says what is wrong
     if args.checkpoint and not Path(args.checkpoint).is_dir():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such folder")
     task = CoreProbeTask(kind, preset=args.preset, checkpoint=args.checkpoint, memory=args.memory, hop=args.hop)

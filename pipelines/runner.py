@@ -145,7 +145,8 @@ class StreamRunner:
         return sid
 
     def remove(self, stream_id: str) -> None:
-        """Let a stream leave: its reader stops; segments already queued still run."""
+        """Let a stream leave: its reader stops reading; what it delivered (queued, and the partial segment)
+        still runs, then its decoder is flushed and its slot freed."""
         self._streams[stream_id].stop.set()
 
     def stop(self) -> None:
@@ -170,12 +171,12 @@ class StreamRunner:
         task = self.task
         if info.kind == "audio":
             return AudioSegmenter(task.segment_size, int(task.rate), int(round(info.rate)), info.channels)
-        return VideoSegmenter(task.segment_size, task.frame_size, info.rate)
+        return VideoSegmenter(task.segment_size, task.frame_size, info.rate or task.rate)
 
     def _put(self, st: _Stream, segment: Segment) -> bool:
         with self._lock:
             while len(st.queue) >= self.queue_size:
-                if self._stop.is_set() or st.stop.is_set():
+                if self._stop.is_set():
                     return False
                 st.space.wait(0.05)
             st.queue.append((segment, time.perf_counter()))
@@ -183,19 +184,24 @@ class StreamRunner:
         return True
 
     def _read(self, st: _Stream) -> None:
+        """Reader thread: source -> segmenter -> queue. The data a stream delivered before it ended, left
+        (``remove``) or failed is flushed as a last padded segment; after ``stop()`` nothing more is queued."""
         source = st.source
-        status, error = "ended", None
+        status, error, segmenter, stopped = "ended", None, None, False
         try:
             info = source.info if st.opened else source.open()
             st.kind = info.kind
             if info.kind != self.task.kind:
                 raise SourceError(str(getattr(source, "name", source)),
                                   f"a {info.kind} source cannot feed the {self.task.kind} task {self.task.name!r}")
+            rate = info.rate or self.task.rate
             segmenter = self._segmenter(info)
-            stopped = False
             for packet in source:
-                if self._stop.is_set() or st.stop.is_set():
+                if self._stop.is_set():
                     stopped = True
+                    break
+                if st.stop.is_set():
+                    status = "removed"
                     break
                 data = np.asarray(packet.data)
                 if info.kind == "audio":
@@ -204,19 +210,24 @@ class StreamRunner:
                 else:  # one frame (H, W, 3), or a burst (n, H, W, 3) spaced at the source's rate
                     frames = data if data.ndim == 4 else data[None]
                     st.items += len(frames)
-                    segments = [s for k, f in enumerate(frames) for s in segmenter.push(f, packet.time + k / info.rate)]
+                    segments = [s for k, f in enumerate(frames) for s in segmenter.push(f, packet.time + k / rate)]
                 st.packets += 1
                 if not all(self._put(st, s) for s in segments):
                     stopped = True
                     break
-            if stopped:
-                status = "stopped" if self._stop.is_set() else "ended"
-            else:
-                for s in segmenter.flush():
-                    self._put(st, s)
         except Exception as e:  # a broken source ends its own stream only
             status, error = "error", str(e) or type(e).__name__
             log.warning("stream %s (%s) ended with an error: %s", st.id, getattr(source, "name", "?"), error)
+        try:
+            if stopped:
+                status = "stopped"
+            elif segmenter is not None:
+                for s in segmenter.flush():
+                    if not self._put(st, s):
+                        break
+        except Exception as e:  # noqa: BLE001 - the stream is over either way
+            status, error = "error", error or str(e) or type(e).__name__
+            log.warning("stream %s: flushing its segmenter failed: %s", st.id, e)
         finally:
             try:
                 source.close()
@@ -585,7 +596,9 @@ def run_from_args(task, specs: list[str], args) -> int:
         log.warning("%s: finishing the step in flight, then flushing", signal.Signals(signum).name)
         runner.stop()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         summary = runner.run()
     finally:

@@ -301,8 +301,9 @@ class RunStats:
         total = self._finish_row(total, [v for values in self.latency.values() for v in values])
         statuses = Counter(row["status"] for row in self.streams.values())
         total.update(
-            streams=len(self.streams), ended=statuses.get("ended", 0), stopped=statuses.get("stopped", 0),
-            errors=statuses.get("error", 0), steps=len(self.steps), model_step_ms=percentiles_ms(self.steps),
+            streams=len(self.streams), ended=statuses.get("ended", 0), removed=statuses.get("removed", 0),
+            stopped=statuses.get("stopped", 0), errors=statuses.get("error", 0),
+            steps=len(self.steps), model_step_ms=percentiles_ms(self.steps),
             mean_batch=round(float(np.mean(self.batches)), 3) if self.batches else None,
             wall_s=round(wall, 6), segments_per_s=round(total["segments"] / wall, 3) if wall > 0 else None,
         )

@@ -220,6 +220,31 @@ def test_streams_join_and_leave_reusing_slots(audio_task):
         assert_events_close(events(got[sid]), events(alone["0"]))
 
 
+class _RemoveOn:
+    def __init__(self, watch, index):
+        self.watch, self.index, self.runner = watch, index, None
+
+    def write(self, event):
+        if event["stream"] == self.watch and event.get("index") == self.index:
+            self.runner.remove(self.watch)
+
+    def close(self):
+        pass
+
+
+def test_remove_lets_a_stream_leave(audio_task):
+    x = audio(3.0, 16)
+    leaver = _RemoveOn("0", 2)
+    runner = StreamRunner(audio_task, TorchBackend(audio_task.model), [leaver], max_streams=1, queue_size=2)
+    leaver.runner = runner
+    runner.add(audio_source("long", x, 320))
+    got = list(runner.results())
+    row = runner.summary["streams"]["0"]
+    assert row["status"] == "removed" and 3 <= len(got) < 3.0 * RATE / audio_task.segment_size
+    alone, _ = run(audio_task, [audio_source("long", x, 1280)])
+    torch.testing.assert_close(outputs(got[:-1]), outputs(alone["0"][:len(got) - 1]), atol=1e-5, rtol=1e-5)
+
+
 def test_failing_source_ends_only_its_stream(audio_task, tmp_path):
     x = audio(0.8, 9)
     bad = audio_source("bad", audio(2.0, 10), 640, fail_after=5)
