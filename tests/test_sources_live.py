@@ -5,6 +5,7 @@ microphone through a stand-in sounddevice."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -177,3 +178,32 @@ def test_microphone_absent_device(monkeypatch):
     with pytest.raises(SourceError) as err:
         MicrophoneSource(device="USB headset").open()
     assert str(err.value) == "microphone USB headset: no usable input device: No input device matching 'USB headset'"
+
+
+def test_timeouts_and_ffmpeg_options_reach_opencv(monkeypatch):
+    import cv2
+    from memstream.pipelines.sources import live
+
+    seen = {}
+
+    class Capture:
+        def __init__(self, url, api, params):
+            seen.update(url=url, api=api, params=dict(zip(params[::2], params[1::2])),
+                        env=os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS"))
+
+        def isOpened(self):
+            return False
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(live.cv2, "VideoCapture", Capture)
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "theirs;1")
+    url = f"rtsp://user:pw@127.0.0.1:{free_port()}/cam"
+    source = UrlVideoSource(url, ffmpeg_options={"rtsp_transport": "tcp"}, open_timeout=3, stall_timeout=2)
+    with pytest.raises(SourceError) as err:
+        source.open()
+    assert seen == {"url": url, "api": cv2.CAP_FFMPEG, "env": "rtsp_transport;tcp",
+                    "params": {cv2.CAP_PROP_OPEN_TIMEOUT_MSEC: 3000, cv2.CAP_PROP_READ_TIMEOUT_MSEC: 2000}}
+    assert os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] == "theirs;1"
+    assert "pw" not in str(err.value) and "connection refused" in err.value.cause

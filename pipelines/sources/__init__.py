@@ -3,8 +3,8 @@
 =====================  ===========================================  =====================
 spec                   source                                       kind
 =====================  ===========================================  =====================
-``0``, ``"1"``         :class:`CameraSource` (camera index)         video
-``"-"``                :class:`StdinPcmSource` (raw PCM on stdin)   audio
+``0``, ``"camera:1"``  :class:`CameraSource` (camera index)         video
+``"-"``, ``"stdin"``   :class:`StdinPcmSource` (raw PCM on stdin)   audio
 ``"mic"``, ``"mic:2"``  :class:`MicrophoneSource` (device 2 / name)  audio
 ``"rtsp://..."`` ...   :class:`UrlVideoSource`                      video
 a directory            :class:`ImageFolderSource`                   video
@@ -63,7 +63,8 @@ def make_source(spec: str | int | Path, kind: str = "video", **options: Any) -> 
 
     ``options`` go to the source's constructor (``fps``, ``mode``, ``reconnect``, ``rate``,
     ``channels``, ``format``, ``backend``, ...); options a source does not take, or that are None, are
-    ignored, so one set of command-line options serves every kind of source.
+    ignored, so one set of command-line options serves every kind of source (``rate`` is an image
+    folder's frame rate where ``fps`` is not given). ``microphone[:N]`` and ``camera[:N]`` are accepted too.
     """
     name = str(spec)
     if kind not in ("audio", "video"):
@@ -75,17 +76,18 @@ def make_source(spec: str | int | Path, kind: str = "video", **options: Any) -> 
 
     if isinstance(spec, bool):
         raise SourceError(name, "not a source: give a path, URL, camera index, 'mic' or '-'")
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+    head, _, tail = name.partition(":") if "://" not in name else (name, "", "")
+    if isinstance(spec, int) or name.isdigit() or (head == "camera" and (tail.isdigit() or not tail)):
         need("video", "a camera index")
-        return _build(CameraSource, name, options, index=int(spec))
-    if name == "-":
+        return _build(CameraSource, name, options, index=int(tail or 0) if head == "camera" else int(spec))
+    if name in ("-", "stdin"):
         need("audio", "stdin (raw PCM)")
         if options.get("rate") is None:
             raise SourceError("stdin", "raw PCM has no header: give its sample rate (--rate)")
         return _build(StdinPcmSource, name, options)
-    if name == "mic" or name.startswith("mic:"):
+    if head in ("mic", "microphone"):
         need("audio", "a microphone")
-        device = name[4:] or None
+        device = tail or None
         return _build(MicrophoneSource, name, options, device=int(device) if device and device.isdigit() else device)
     if "://" in name:
         scheme = name.split("://", 1)[0].lower()
@@ -98,7 +100,8 @@ def make_source(spec: str | int | Path, kind: str = "video", **options: Any) -> 
     path = Path(name).expanduser()
     if path.is_dir():
         need("video", "an image folder")
-        return _build(ImageFolderSource, name, options, directory=path)
+        fps = options.get("fps") or options.get("rate")  # --rate is the frame rate of a folder
+        return _build(ImageFolderSource, name, {**options, "fps": fps}, directory=path)
     if not path.exists():
         raise SourceError(name, "no such file or directory (nor a camera index, URL, 'mic' or '-')")
     if kind == "audio":

@@ -257,11 +257,11 @@ class MicrophoneSource(BaseSource):
                  block_seconds: float = 0.05, queue_seconds: float = 5.0, reconnect: Reconnect | None = None,
                  stall_timeout: float = 2.0) -> None:
         super().__init__("microphone" if device is None else f"microphone {device}")
-        if not (isinstance(rate, int) and rate > 0):
+        if not (isinstance(rate, (int, float)) and rate > 0 and int(rate) == rate):
             raise SourceError(self.name, f"rate={rate!r} must be a positive integer")
         if not (isinstance(channels, int) and channels > 0):
             raise SourceError(self.name, f"channels={channels!r} must be a positive integer")
-        self.device, self.rate, self.channels = device, rate, channels
+        self.device, self.rate, self.channels = device, int(rate), channels
         self.block = max(1, int(round(rate * _check_block(self.name, block_seconds))))
         self.capacity = max(2, int(math.ceil(queue_seconds * rate / self.block)))
         self.reconnect = reconnect if reconnect is not None else Reconnect()
