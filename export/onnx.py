@@ -8,6 +8,7 @@ the model config), so :class:`memstream.export.OnnxBackend` needs nothing but th
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -83,6 +84,10 @@ def check_state_io(proto: onnx.ModelProto, fields: Sequence[str]) -> None:
     if missing:
         raise ExportError(f"exported step lost state tensors {missing}: the state is frozen into the graph "
                           "(in-place buffer update, .item() or Python control flow on tensor values in step)")
+    consumed = {i for n in proto.graph.node for i in n.input} | graph_outputs
+    unused = [f"state.{f}" for f in fields if f"state.{f}" not in consumed]
+    if unused:
+        raise ExportError(f"exported step ignores state inputs {unused}: the state is frozen into the graph")
     constants = {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
     constants |= {init.name for init in proto.graph.initializer}
     producers = {o: n for n in proto.graph.node for o in n.output}
@@ -116,8 +121,8 @@ def export_step(model: nn.Module, path: str | os.PathLike, x: Tensor, *, opset: 
     model = model.eval()
     wrapper = ExportStep(model).eval()
     args = example_inputs(model, x)
-    with torch.no_grad():
-        outputs, _ = model.step(args[0], wrapper.state_type(*args[1:-2]), args[-2], args[-1])
+    with torch.no_grad():  # a probe for the output names, on a copy: a misbehaving step must not touch the model
+        outputs, _ = copy.deepcopy(model).step(args[0], wrapper.state_type(*args[1:-2]), args[-2], args[-1])
     inputs, outs, fields = io_names(model, outputs)
     with warnings.catch_warnings():
         # torch.export's deprecation chatter and a note on the shared batch axis name: not ours to fix.
@@ -127,6 +132,10 @@ def export_step(model: nn.Module, path: str | os.PathLike, x: Tensor, *, opset: 
             wrapper, args, dynamo=True, opset_version=opset, input_names=inputs, output_names=outs,
             dynamic_shapes=_dynamic_shapes(len(fields)), optimize=True, verbose=False,
         )
+    mutated = program.exported_program.graph_signature.buffers_to_mutate
+    if mutated:
+        raise ExportError(f"step updates buffers in place ({', '.join(sorted(set(mutated.values())))}): the exported "
+                          "graph would freeze that state into a constant; keep all state in the state NamedTuple")
     proto = program.model_proto
     check_state_io(proto, fields)
     spec = {f: {"shape": list(t.shape[1:]), "dtype": str(t.dtype).replace("torch.", "")}
