@@ -60,7 +60,11 @@ class MemoryType(nn.Module):
         raise NotImplementedError
 
     def read(self, layer: int, block: Block, state: NamedTuple, ctx: StepContext):
-        """Memory keys/values for ``layer``: (k, v): (B, H, M, Dh) and valid: (B, M), or None."""
+        """Memory keys/values for ``layer``: (k, v): (B, H, M, Dh) and valid: (B, M), or None.
+
+        Within one step, ``valid`` must depend only on M: the core shares attention masks between
+        layers with the same memory length.
+        """
         return None
 
     def after_attention(self, layer: int, q: Tensor, k: Tensor, k_rot: Tensor, v: Tensor, attn: Tensor,

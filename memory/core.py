@@ -14,7 +14,7 @@ import torch
 from memstream.memory.base import MemoryType, StepContext
 from memstream.memory.config import CoreConfig
 from memstream.memory.knn import KnnMemory
-from memstream.memory.layers import Block, Rotary, segment_mask
+from memstream.memory.layers import Block, Rotary, attention_mask, rotate, segment_mask
 from memstream.memory.queue import QueueMemory
 from memstream.memory.slots import SlotsMemory
 from memstream.memory.tokens import TokensMemory
@@ -117,18 +117,20 @@ class MemoryCore(nn.Module):
         pos = state.step.unsqueeze(1) * t + torch.arange(t, device=x.device)
         ctx = StepContext(mask=mask, n=mask.sum(1), pos=pos)
         h = self.memory.begin(x, state, ctx, self.rotary)
+        masks: dict[int, Tensor] = {}  # attention masks by memory length, shared by the layers
         for layer, block in enumerate(self.blocks):
-            q, k, v = block.qkv_heads(h)
-            k_rot = block.rotate_heads(k, ctx.cos, ctx.sin)
+            qkv = block.qkv(block.norm1(h)).view(b, h.shape[1], 3, block.heads, block.head_dim).permute(2, 0, 3, 1, 4)
+            q_rot, k_rot = rotate(qkv[:2], ctx.cos, ctx.sin).unbind(0)  # q and k rotated in one go
+            q, k, v = qkv.unbind(0)
             memory = self.memory.read(layer, block, state, ctx)
             if memory is None:
-                keys, values, attn_mask = k_rot, v, ctx.seg_mask.unsqueeze(1)
+                keys, values, length, mvalid = k_rot, v, 0, None
             else:
                 mk, mv, mvalid = memory
-                keys, values = torch.cat((mk, k_rot), dim=2), torch.cat((mv, v), dim=2)
-                attn_mask = torch.cat((mvalid.unsqueeze(1).expand(-1, h.shape[1], -1), ctx.seg_mask), -1)
-                attn_mask = attn_mask.unsqueeze(1)
-            attn = block.attend(block.rotate_heads(q, ctx.cos, ctx.sin), keys, values, attn_mask)
+                keys, values, length = torch.cat((mk, k_rot), dim=2), torch.cat((mv, v), dim=2), mk.shape[2]
+            if length not in masks:
+                masks[length] = attention_mask(mvalid, ctx.seg_mask)
+            attn = block.attend(q_rot, keys, values, masks[length])
             attn = self.memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
             h = block.finish(h, attn)
         y, state = self.memory.write(h, state, ctx)

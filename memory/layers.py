@@ -35,16 +35,16 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         digits = torch.stack([torch.remainder(inv_freq * (2.0 ** (_DIGIT_BITS * i)), _TWO_PI) for i in range(3)])
         self.register_buffer("digit_freq", digits.float(), persistent=False)  # (3, Dh/2)
+        unit = [1, 1 << _DIGIT_BITS, 1 << (2 * _DIGIT_BITS)]
+        self.register_buffer("digit_unit", torch.tensor(unit, dtype=torch.int64), persistent=False)
+        # The top digit is not reduced: it stays exact however long the stream.
+        self.register_buffer("digit_base", torch.tensor([1 << _DIGIT_BITS] * 2 + [1 << 62], dtype=torch.int64),
+                             persistent=False)
 
     def forward(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         """pos: (B, N) int64 stream positions -> cos, sin: (B, 1, N, Dh/2)."""
-        base = 1 << _DIGIT_BITS
-        p0 = (pos % base).unsqueeze(-1).float()
-        p1 = ((pos // base) % base).unsqueeze(-1).float()
-        p2 = (pos // (base * base)).unsqueeze(-1).float()
-        f = self.digit_freq
-        angle = _wrap(p0 * f[0]) + _wrap(p1 * f[1]) + _wrap(p2 * f[2])  # (B, N, Dh/2)
-        angle = angle.unsqueeze(1)
+        digits = (pos.unsqueeze(-1) // self.digit_unit) % self.digit_base  # (B, N, 3)
+        angle = _wrap(digits.unsqueeze(-1).float() * self.digit_freq).sum(-2).unsqueeze(1)  # (B, 1, N, Dh/2)
         return torch.cos(angle), torch.sin(angle)
 
 
