@@ -106,8 +106,8 @@ def train_recall(model: RecallModel, *, steps: int, train_distance: int, batch: 
         (recall_loss + gate_loss).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        window["loss"] += recall_loss.item()
-        window["gate_loss"] += gate_loss.item()
+        window["loss"] += float(recall_loss.detach())
+        window["gate_loss"] += float(gate_loss.detach())
         window["acc"] += float((logits[answer].argmax(-1) == data.targets[answer]).float().mean())
         window["n"] += 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
