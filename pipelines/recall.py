@@ -168,6 +168,16 @@ def bundled_dir() -> Path:
     return Path(memstream.models.__file__).parent / "bundled"
 
 
+def bundled_recall(sequences: int = 256) -> dict:
+    """Recall at 1x/4x/16x the training distance of every bundled checkpoint, streamed (``bench core``)."""
+    out = {}
+    for path in sorted(p for p in bundled_dir().glob("recall-*") if (p / "config.json").is_file()):
+        model, config = load_recall_model(path)
+        out[path.name.removeprefix("recall-")] = recall_vs_distance(
+            model, config["training"]["train_distance"], sequences=sequences)
+    return out
+
+
 # -- command line ----------------------------------------------------------------------------------------
 def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-distance", type=int, default=4,
