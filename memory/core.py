@@ -14,7 +14,7 @@ import torch
 from memstream.memory.base import MemoryType, StepContext
 from memstream.memory.config import CoreConfig
 from memstream.memory.knn import KnnMemory
-from memstream.memory.layers import Block, Rotary, attention_mask, rotate, segment_mask
+from memstream.memory.layers import Block, Rotary, additive, attention_mask, rotate, segment_mask
 from memstream.memory.queue import QueueMemory
 from memstream.memory.slots import SlotsMemory
 from memstream.memory.tokens import TokensMemory
@@ -119,7 +119,7 @@ class MemoryCore(nn.Module):
         h = self.memory.begin(x, state, ctx, self.rotary)
         masks: dict[int, Tensor] = {}  # attention masks by memory length, shared by the layers
         for layer, block in enumerate(self.blocks):
-            qkv = block.qkv(block.norm1(h)).view(b, h.shape[1], 3, block.heads, block.head_dim).permute(2, 0, 3, 1, 4)
+            qkv = block.qkv_stacked(h)
             q_rot, k_rot = rotate(qkv[:2], ctx.cos, ctx.sin).unbind(0)  # q and k rotated in one go
             q, k, v = qkv.unbind(0)
             memory = self.memory.read(layer, block, state, ctx)
@@ -129,7 +129,7 @@ class MemoryCore(nn.Module):
                 mk, mv, mvalid = memory
                 keys, values, length = torch.cat((mk, k_rot), dim=2), torch.cat((mv, v), dim=2), mk.shape[2]
             if length not in masks:
-                masks[length] = attention_mask(mvalid, ctx.seg_mask)
+                masks[length] = additive(attention_mask(mvalid, ctx.seg_mask), h.dtype)
             attn = block.attend(q_rot, keys, values, masks[length])
             attn = self.memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
             h = block.finish(h, attn)

@@ -68,6 +68,14 @@ def segment_mask(valid: Tensor, causal: bool) -> Tensor:
     return seen | eye
 
 
+def additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Bool attention mask -> additive float mask (0 where seen, the dtype's minimum elsewhere).
+
+    Built once per step and shared by the layers: a bool mask is converted inside every attention call.
+    """
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
 def attention_mask(memory_valid: Tensor | None, seg_mask: Tensor) -> Tensor:
     """Mask over ``[memory ; segment]`` keys, expanded to (B, 1, T, M + T).
 
@@ -99,7 +107,15 @@ class Block(nn.Module):
         self.out = nn.Linear(d, d)
         self.norm2 = nn.LayerNorm(d)
         self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
+
+    # The step runs these functionally on the modules' parameters: at segment sizes of a few tokens the
+    # per-call overhead of nn.Module.__call__ is a visible share of the step.
+    def _norm(self, norm: nn.LayerNorm, x: Tensor) -> Tensor:
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+    def _drop(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.dropout, True) if self.training and self.dropout > 0 else x
 
     def split_heads(self, x: Tensor) -> Tensor:
         """(B, N, D) -> (B, H, N, Dh)."""
@@ -109,8 +125,13 @@ class Block(nn.Module):
     def qkv_heads(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """h: (B, N, D) -> unrotated q, k, v: (B, H, N, Dh)."""
         b, n, _ = h.shape
-        qkv = self.qkv(self.norm1(h)).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv.unbind(0)
+        return self.qkv_stacked(h).unbind(0)
+
+    def qkv_stacked(self, h: Tensor) -> Tensor:
+        """h: (B, N, D) -> unrotated q, k, v stacked: (3, B, H, N, Dh)."""
+        b, n, _ = h.shape
+        qkv = F.linear(self._norm(self.norm1, h), self.qkv.weight, self.qkv.bias)
+        return qkv.view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
     @staticmethod
     def rotate_heads(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -124,7 +145,7 @@ class Block(nn.Module):
     def project_memory(self, m: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         """m: (B, K, D) memory vectors -> k, v: (B, H, K, Dh), k rotated by cos/sin: (B, 1, 1|K, Dh/2)."""
         d = m.shape[-1]
-        kv = F.linear(self.norm1(m), self.qkv.weight[d:], self.qkv.bias[d:])
+        kv = F.linear(self._norm(self.norm1, m), self.qkv.weight[d:], self.qkv.bias[d:])
         k, v = kv.chunk(2, dim=-1)
         return rotate(self.split_heads(k), cos, sin), self.split_heads(v)
 
@@ -135,5 +156,7 @@ class Block(nn.Module):
     def finish(self, h: Tensor, attn: Tensor) -> Tensor:
         """h: (B, T, D) residual stream, attn: (B, H, T, Dh) -> (B, T, D)."""
         b, _, t, _ = attn.shape
-        h = h + self.drop(self.out(attn.transpose(1, 2).reshape(b, t, -1)))
-        return h + self.drop(self.ff(self.norm2(h)))
+        h = h + self._drop(F.linear(attn.transpose(1, 2).reshape(b, t, -1), self.out.weight, self.out.bias))
+        up, down = self.ff[0], self.ff[2]
+        f = F.gelu(F.linear(self._norm(self.norm2, h), up.weight, up.bias))
+        return h + self._drop(F.linear(f, down.weight, down.bias))
