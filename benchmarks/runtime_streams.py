@@ -86,7 +86,7 @@ def model_only(task, backend, n: int, steps: int = 100) -> float:
 
 
 def task_segment(task):
-    from memstream.pipelines.runner import _dummy_segment
+    from memstream.pipelines.launch import _dummy_segment
 
     return _dummy_segment(task)
 

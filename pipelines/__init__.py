@@ -36,7 +36,7 @@ def stream(task_or_model: Any, source: Any, **options: Any) -> Iterator[Any]:
         ``outputs`` (the stream's row of the model outputs), ``events`` (the decoder's, with ``stream`` and
         ``time``), ``segment``. Breaking out of the loop stops the run and flushes the sinks.
     """
-    from memstream.pipelines.runner import stream as _stream
+    from memstream.pipelines.launch import stream as _stream
 
     return _stream(task_or_model, source, **options)
 

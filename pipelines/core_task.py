@@ -153,7 +153,7 @@ Ctrl-C or SIGTERM: the step in flight finishes, every sink is flushed, the summa
 
 def cli_run(argv: list[str]) -> int:
     from memstream.models import list_models
-    from memstream.pipelines.runner import add_run_arguments, guess_kind, run_from_args, specs_from_args
+    from memstream.pipelines.launch import add_run_arguments, guess_kind, run_from_args, specs_from_args
 
     p = argparse.ArgumentParser(
         prog="memstream run core", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,

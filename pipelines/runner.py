@@ -23,9 +23,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,7 +77,7 @@ class _Stream:
     space: threading.Condition | None = None  # the reader waits on it while the queue is full
 
 
-def _is_open(source: Source) -> bool:
+def is_open(source: Source) -> bool:
     return isinstance(getattr(source, "info", None), SourceInfo)
 
 
@@ -135,7 +134,7 @@ class StreamRunner:
             self._ids += 1
             if sid in self._streams:
                 raise ValueError(f"stream id {sid!r} is taken")
-            st = _Stream(sid, source, _is_open(source) if opened is None else opened,
+            st = _Stream(sid, source, is_open(source) if opened is None else opened,
                          decoder=self.task.new_decoder(sid), space=threading.Condition(self._lock))
             self._streams[sid] = st
             self.stats.stream_started(sid, str(getattr(source, "name", type(source).__name__)))
@@ -387,231 +386,3 @@ class StreamRunner:
                     errors.append(e)
         if errors:
             raise errors[0]
-
-
-# -- the generator API and the CLI -------------------------------------------------------------------
-
-AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".au", ".pcm", ".raw"}
-
-
-def read_streams_file(path: str | Path) -> list[str]:
-    """A ``.streams`` file: one source per line (path, URL, camera index), ``#`` starts a comment line.
-    Relative paths are taken relative to the file's folder when they exist there."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"streams file {path}: no such file")
-    specs = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if " #" in line:
-            line = line.split(" #", 1)[0].strip()
-        if "://" not in line and not line.isdigit() and not Path(line).is_absolute() and (path.parent / line).exists():
-            line = str(path.parent / line)
-        specs.append(line)
-    if not specs:
-        raise ValueError(f"streams file {path}: no sources in it")
-    return specs
-
-
-def expand_specs(source) -> list:
-    """A source, a spec string, a ``.streams`` file or a list of them -> a flat list of sources/specs."""
-    if isinstance(source, str | Path) and str(source).endswith(".streams"):
-        return read_streams_file(source)
-    if isinstance(source, list | tuple):
-        return [s for item in source for s in expand_specs(item)]
-    return [str(source) if isinstance(source, Path) else source]
-
-
-def guess_kind(spec) -> str | None:
-    """``audio``/``video`` from an opened source's info or a spec's look, None when it cannot tell."""
-    if isinstance(spec, Source):
-        return spec.info.kind if _is_open(spec) else None
-    text = str(spec).strip().lower()
-    if text in ("-", "stdin", "mic", "microphone") or text.startswith(("mic:", "microphone:")):
-        return "audio"
-    if text.isdigit() or "://" in text or text.startswith("camera"):
-        return "video"
-    path = Path(text)
-    if path.suffix in AUDIO_EXT:
-        return "audio"
-    return "video" if path.suffix or Path(str(spec)).is_dir() else None
-
-
-def open_specs(specs: Iterable, kind: str, **options) -> list[Source]:
-    """Specs -> sources via :func:`memstream.pipelines.sources.open_source` (Source objects pass through)."""
-    out = []
-    for spec in specs:
-        if isinstance(spec, Source):
-            out.append(spec)
-        else:
-            from memstream.pipelines.sources import open_source
-
-            out.append(open_source(str(spec), kind, **options))
-    return out
-
-
-def default_backend(task, device: str = "cpu"):
-    from memstream.export import TorchBackend
-
-    model = getattr(task, "model", None)
-    if model is None:
-        raise ValueError(f"task {task.name!r} has no .model: pass a backend")
-    return TorchBackend(model, device)
-
-
-def as_task(task_or_model, kind: str | None):
-    """A task, a core module, a core preset name or checkpoint folder -> a task."""
-    if hasattr(task_or_model, "encode") and hasattr(task_or_model, "new_decoder"):
-        return task_or_model
-    from memstream.pipelines.core_task import CoreProbeTask
-
-    kind = kind or "audio"
-    if isinstance(task_or_model, str | Path):
-        text = str(task_or_model)
-        return CoreProbeTask(kind, checkpoint=text) if Path(text).is_dir() else CoreProbeTask(kind, preset=text)
-    return CoreProbeTask(kind, core=task_or_model)
-
-
-def stream(task_or_model, source, *, backend=None, kind: str | None = None, device: str = "cpu",
-           sinks: Sequence = (), max_streams: int | None = None, batch_timeout: float = 0.02,
-           max_batch: int | None = None, **source_options) -> Iterator[StreamResult]:
-    """``for result in stream(model, "clip.wav"): ...``; see :func:`memstream.pipelines.stream`."""
-    specs = expand_specs(source)
-    if not specs:
-        raise ValueError("stream(): no source given")
-    if kind is None:
-        kind = getattr(task_or_model, "kind", None) if hasattr(task_or_model, "new_decoder") else None
-        kind = kind or guess_kind(specs[0])
-    task = as_task(task_or_model, kind)
-    sources = open_specs(specs, task.kind, **source_options)
-    runner = StreamRunner(task, backend if backend is not None else default_backend(task, device), sinks,
-                          max_streams=max_streams or len(sources), batch_timeout=batch_timeout, max_batch=max_batch)
-    for s in sources:
-        runner.add(s)
-    yield from runner.results()
-
-
-def _dummy_segment(task) -> Segment:
-    t = task.segment_size
-    if task.kind == "audio":
-        return Segment(np.zeros(t, np.float32), np.ones(t, bool), 0.0, float(task.rate), 0)
-    h, w = task.frame_size or (32, 32)
-    return Segment(np.zeros((t, h, w, 3), np.uint8), np.ones(t, bool), 0.0, float(task.rate), 0, np.zeros(t))
-
-
-def onnx_backend(task, path: str | Path, device: str = "cpu", export: bool = True):
-    """Export ``task.model``'s step to ``path`` (unless ``export`` is False) and run it with ONNX Runtime."""
-    from memstream.export import OnnxBackend, export_step
-
-    path = Path(path)
-    if export:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        x, _ = task.encode([_dummy_segment(task)] * 2)
-        export_step(task.model, path, x, metadata={"task": task.name, "kind": task.kind, "rate": task.rate,
-                                                   "segment_size": task.segment_size})
-    providers = ["CPUExecutionProvider"] if str(device) == "cpu" else None
-    return OnnxBackend(path, providers=providers)
-
-
-def add_run_arguments(p) -> None:
-    """The options every ``memstream run <task>`` shares."""
-    p.add_argument("--source", action="append", default=[], metavar="SPEC",
-                   help="file, folder of images, URL (rtsp/http/udp), camera index, 'mic', or '-' for raw PCM on "
-                        "stdin; repeat for several streams")
-    p.add_argument("--streams", metavar="FILE", help="a .streams file: one source per line, '#' comments")
-    p.add_argument("--kind", choices=("audio", "video"), help="media kind (default: guessed from the source)")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="model runtime (default torch)")
-    p.add_argument("--onnx", metavar="FILE", help="with --backend onnx: an exported step to run instead of exporting")
-    p.add_argument("--device", default="cpu", help="torch device, or cpu/cuda for ONNX Runtime (default cpu)")
-    p.add_argument("--out", metavar="DIR", help="write DIR/events.jsonl and DIR/summary.json (default: events "
-                                                "as JSON Lines on stdout)")
-    p.add_argument("--mode", choices=("latest", "all"), help="live sources: drop stale frames (latest) or keep all")
-    p.add_argument("--rate", type=int, help="stdin PCM: sample rate")
-    p.add_argument("--channels", type=int, help="stdin PCM: channels")
-    p.add_argument("--format", help="stdin PCM: sample format (e.g. s16le, f32le)")
-    p.add_argument("--max-streams", type=int, help="state slots, streams running at once (default: all sources)")
-    p.add_argument("--batch-timeout", type=float, default=0.02,
-                   help="seconds to wait for more streams to batch once one is ready (default 0.02)")
-    p.add_argument("--view", action="store_true", help="live terminal view (plain status lines when not a TTY)")
-    p.add_argument("--overlay", metavar="FILE", help="video: write the frames with the task's overlay drawn")
-
-
-def specs_from_args(args) -> list[str]:
-    specs = list(args.source) + (read_streams_file(args.streams) if args.streams else [])
-    if not specs:
-        raise ValueError("no source: give --source SPEC (repeatable) or --streams FILE")
-    return specs
-
-
-def run_from_args(task, specs: list[str], args) -> int:
-    """Open the sources, build backend and sinks, run until the streams end or SIGINT/SIGTERM; exit code."""
-    import signal
-    import sys
-    import tempfile
-
-    from memstream.pipelines.sinks import JsonlSink, OverlayVideoSink, SummarySink, TerminalSink
-
-    options = {k: getattr(args, k) for k in ("mode", "rate", "channels", "format") if getattr(args, k) is not None}
-    sources = open_specs(specs, task.kind, **options)
-    opened = []
-    try:
-        for s in sources:
-            if not _is_open(s):
-                s.open()
-            opened.append(s)
-        out = Path(args.out) if args.out else None
-        if args.backend == "onnx":
-            if args.onnx:
-                backend = onnx_backend(task, args.onnx, args.device, export=False)
-            elif out is not None:
-                backend = onnx_backend(task, out / "model.onnx", args.device)
-            else:
-                with tempfile.TemporaryDirectory() as tmp:
-                    backend = onnx_backend(task, Path(tmp) / "model.onnx", args.device)
-        else:
-            backend = default_backend(task, args.device)
-    except BaseException:
-        for s in opened:
-            s.close()
-        raise
-    sinks: list = []
-    if out is not None:
-        sinks += [JsonlSink(out / "events.jsonl"), SummarySink(out / "summary.json")]
-    elif not args.view:
-        sinks.append(JsonlSink(sys.stdout))
-    if args.view:
-        sinks.append(TerminalSink())
-    if args.overlay:
-        sinks.append(OverlayVideoSink(args.overlay, getattr(task, "draw", None)))
-    runner = StreamRunner(task, backend, sinks, max_streams=args.max_streams or len(sources),
-                          batch_timeout=args.batch_timeout, backend_name=args.backend)
-    for s in sources:
-        runner.add(s, opened=True)
-
-    def on_signal(signum, frame):
-        if runner.stopping:
-            raise KeyboardInterrupt  # a second Ctrl-C: give up at once
-        log.warning("%s: finishing the step in flight, then flushing", signal.Signals(signum).name)
-        runner.stop()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        summary = runner.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    total = summary["total"]
-    failed = [f"{sid} ({row['source']}): {row['error']}" for sid, row in summary["streams"].items()
-              if row["status"] == "error"]
-    for line in failed:
-        print(f"memstream: stream {line}", file=sys.stderr)
-    if not args.view:
-        print(f"memstream: {total['segments']} segments from {total['streams']} stream(s), latency p50 "
-              f"{total['latency_ms']['p50']} ms p99 {total['latency_ms']['p99']} ms, real-time factor "
-              f"{total['real_time_factor']}" + (f", summary in {out / 'summary.json'}" if out else ""),
-              file=sys.stderr)
-    return 2 if failed and len(failed) == total["streams"] else 0

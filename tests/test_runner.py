@@ -24,7 +24,8 @@ import torch
 from memstream.export import TorchBackend
 from memstream.memory import CoreConfig, MemoryCore
 from memstream.pipelines.core_task import CoreProbeTask
-from memstream.pipelines.runner import StreamRunner, read_streams_file, stream
+from memstream.pipelines.launch import read_streams_file, stream
+from memstream.pipelines.runner import StreamRunner
 from memstream.pipelines.sinks import JsonlSink, SummarySink
 from memstream.pipelines.streams import Packet, Source, SourceInfo
 
@@ -173,7 +174,7 @@ def test_batched_streams_equal_each_alone(audio_task):
 
 def test_torch_and_onnx_backends_agree(video_task, tmp_path):
     pytest.importorskip("onnxruntime")
-    from memstream.pipelines.runner import onnx_backend
+    from memstream.pipelines.launch import onnx_backend
 
     backend = onnx_backend(video_task, tmp_path / "core.onnx")
     clips = [video(19, seed=3), video(9, seed=4)]
@@ -319,7 +320,7 @@ def test_streams_file(tmp_path):
 ENDLESS = textwrap.dedent("""
     import sys, time
     import numpy as np
-    import memstream.pipelines.runner as runner
+    import memstream.pipelines.launch as launch
     from memstream.pipelines.cli import main
     from memstream.pipelines.streams import Packet, Source, SourceInfo
 
