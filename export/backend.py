@@ -60,10 +60,12 @@ class OnnxBackend:
         providers: execution providers in order of preference; default TensorRT, CUDA, CPU (those
             present in the installed onnxruntime build).
         threads: intra-op threads (None: ONNX Runtime's default).
+        spin: let idle pool threads spin-wait for the next run (lowest latency when the runtime owns the
+            cores; turn off when other work shares them).
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, spin: bool = True) -> None:
         try:
             import onnx
             import onnxruntime as ort
@@ -78,6 +80,8 @@ class OnnxBackend:
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = list(providers) if providers is not None else available_providers()
         self.session = ort.InferenceSession(path, options, providers=self.providers)
         log.info("OnnxBackend %s on %s", path, self.session.get_providers())
