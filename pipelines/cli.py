@@ -26,6 +26,8 @@ examples:
   memstream bench core                            # streaming cost vs growing KV cache, Emformer, ONNX Runtime
   memstream bench recall                          # train every memory type on associative recall
   memstream train recall --memory queue --out runs/recall-queue
+  memstream eval recall --checkpoint runs/recall-queue
+  memstream data inspect clip.mp4                 # what the sources decode: rate, size, frames, drops
 
 Run `memstream <command> <task> --help` for a task's options.
 """
@@ -61,10 +63,12 @@ def _core(name: str) -> Handler:
 COMMANDS: dict[str, tuple[str, dict[str, Handler]]] = {
     "demo": ("run the demo on bundled models and media", {"": _recall("cli_demo")}),
     "run": ("run a task on live or recorded streams", {"core": _run("core_task")}),
+    "eval": ("evaluate a model, print its metrics", {"recall": _recall("cli_eval")}),
     "train": ("train a model and write a checkpoint", {"recall": _recall("cli_train")}),
     "export": ("export a model's streaming step to ONNX", {"core": _core("cli_export")}),
     "bench": ("measure speed and accuracy, print one JSON object",
               {"core": _core("cli_bench"), "recall": _recall("cli_bench")}),
+    "data": ("make or inspect data", {"inspect": _run("data_tools", "cli_inspect")}),
 }
 
 

@@ -240,6 +240,32 @@ def cli_train(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli_eval(argv: list[str] | None = None) -> int:
+    """``memstream eval recall``: stream a recall checkpoint at 1x/4x/16x its training distance."""
+    parser = argparse.ArgumentParser(prog="memstream eval recall",
+                                     description="Recall of a checkpoint vs distance, streamed segment by segment.")
+    parser.add_argument("--checkpoint", default=str(bundled_dir() / "recall-queue"),
+                        help="checkpoint folder (default: the bundled gated queue)")
+    parser.add_argument("--sequences", type=int, default=512, help="sequences per distance (default 512)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    args = parser.parse_args(argv)
+    if args.sequences < 1:
+        raise ValueError(f"--sequences {args.sequences} must be >= 1")
+    torch.set_num_threads(args.threads)
+    model, config = load_recall_model(args.checkpoint)
+    train_distance = config["training"]["train_distance"]
+    recall = recall_vs_distance(model, train_distance, sequences=args.sequences)
+    result = {"checkpoint": str(args.checkpoint), "memory": model.cfg.core.memory, "train_distance": train_distance,
+              "distances": {f"{m}x": m * train_distance for m in MULTIPLES}, "recall": recall,
+              "chance": model.cfg.task.chance, "sequences": args.sequences}
+    if not args.json:
+        for key, acc in recall.items():
+            print(f"{key:>4} ({result['distances'][key]:>3} segments): {acc:.1%}", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
 def cli_bench(argv: list[str] | None = None) -> int:
     """``memstream bench recall``: train every memory type from scratch, print recall vs distance as JSON."""
     parser = argparse.ArgumentParser(prog="memstream bench recall",
