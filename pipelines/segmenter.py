@@ -140,16 +140,19 @@ class VideoSegmenter:
         self._times: list[float] = []
         self._index = 0
         self._warned = False
+        self._native: tuple[int, int] | None = None  # the source's size of the previous frame
 
     def _fit(self, frame: np.ndarray) -> np.ndarray:
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"video frame must be (H, W, 3) uint8, got {frame.shape} {frame.dtype}")
+        native = frame.shape[:2]
         if self.size is None:
-            self.size = frame.shape[:2]
-        if frame.shape[:2] != tuple(self.size):
-            if not self._warned and self._index + len(self._frames) > 0:
-                log.warning("frame size changed to %s mid-stream; resizing to %s", frame.shape[:2], self.size)
-                self._warned = True
+            self.size = native
+        if self._native is not None and native != self._native and not self._warned:
+            log.warning("frame size changed from %s to %s mid-stream; resizing to %s", self._native, native, self.size)
+            self._warned = True
+        self._native = native
+        if native != tuple(self.size):
             frame = cv2.resize(frame, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
         return frame
 

@@ -1,0 +1,73 @@
+"""Resampler and segmenters: offline equality, packet-size invariance, padding, resolution changes."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+from memstream.pipelines.resample import StreamingResampler
+from memstream.pipelines.segmenter import AudioSegmenter, VideoSegmenter
+
+
+@pytest.mark.parametrize("orig, new", [(44100, 16000), (22050, 16000), (8000, 16000), (48000, 16000), (16000, 16000)])
+def test_streaming_resampler_equals_offline_torchaudio(orig, new):
+    rng = np.random.default_rng(orig)
+    x = rng.uniform(-1, 1, (2, 9_999)).astype(np.float32)
+    expected = torchaudio.functional.resample(torch.from_numpy(x), orig, new).numpy()
+    resampler, parts, i = StreamingResampler(orig, new, channels=2), [], 0
+    while i < x.shape[1]:
+        n = int(rng.integers(1, 2_000))
+        parts.append(resampler.push(x[:, i:i + n]))
+        i += n
+    parts.append(resampler.flush())
+    got = np.concatenate(parts, axis=1)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_resampler_rejects_bad_rates():
+    with pytest.raises(ValueError, match="positive integer rates"):
+        StreamingResampler(0, 16000)
+
+
+def _segments(samples: np.ndarray, packet: int):
+    seg = AudioSegmenter(4000, 16000, 44100, channels=2)
+    out = []
+    for i in range(0, len(samples), packet):
+        out += seg.push(samples[i:i + packet])
+    return out + seg.flush()
+
+
+def test_audio_segments_do_not_depend_on_packet_size():
+    samples = np.random.default_rng(1).uniform(-1, 1, (44100 + 777, 2)).astype(np.float32)
+    ten_ms, one_s, odd = _segments(samples, 441), _segments(samples, 44100), _segments(samples, 7)
+    assert len(ten_ms) == len(one_s) == len(odd) == 5
+    for a, b, c in zip(ten_ms, one_s, odd, strict=True):
+        assert np.array_equal(a.data, b.data) and np.array_equal(a.data, c.data)
+        assert np.array_equal(a.valid, b.valid) and a.start == b.start == c.start
+    last = ten_ms[-1]
+    total = int(np.ceil(16000 * len(samples) / 44100))
+    assert last.num_valid == total - 4 * 4000
+    assert not last.valid[last.num_valid:].any() and not last.data[last.num_valid:].any()
+
+
+def test_video_segmenter_pads_and_resizes(caplog):
+    seg = VideoSegmenter(4, size=(32, 48), rate=10)
+    frames = [np.full((64, 96, 3), i, np.uint8) for i in range(6)]
+    with caplog.at_level(logging.WARNING):
+        out = [s for i, f in enumerate(frames) for s in seg.push(f, i / 10)] + seg.flush()
+    assert "changed" not in caplog.text  # a fixed target size is not a resolution change
+    assert [s.num_valid for s in out] == [4, 2]
+    assert out[1].data.shape == (4, 32, 48, 3) and np.isnan(out[1].times[2:]).all()
+
+
+def test_video_resolution_change_mid_stream_is_logged_once_and_resized(caplog):
+    seg = VideoSegmenter(2)
+    sizes = [(40, 60), (40, 60), (80, 120), (80, 120), (20, 30)]
+    with caplog.at_level(logging.WARNING):
+        out = [s for i, (h, w) in enumerate(sizes) for s in seg.push(np.zeros((h, w, 3), np.uint8), i)]
+    assert caplog.text.count("changed") == 1
+    assert all(s.data.shape[1:3] == (40, 60) for s in out)
