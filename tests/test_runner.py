@@ -336,7 +336,7 @@ ENDLESS = textwrap.dedent("""
                 yield Packet(rng.standard_normal((160, 1)).astype(np.float32) * 0.1, i / 16000)
                 i += 160
 
-    runner.open_specs = lambda specs, kind, **options: [Endless() for _ in specs]
+    launch.open_specs = lambda specs, kind, **options: [Endless() for _ in specs]
     sys.exit(main(["run", "core", "--source", "live-a", "--source", "live-b", "--kind", "audio",
                    "--out", sys.argv[1]]))
 """)
