@@ -75,3 +75,20 @@ class MemoryType(nn.Module):
     def write(self, h: Tensor, state: NamedTuple, ctx: StepContext) -> tuple[Tensor, NamedTuple]:
         """h: (B, N, D) final hidden tokens -> (segment output (B, T, D), new state)."""
         raise NotImplementedError
+
+
+class VectorMemory(MemoryType):
+    """A memory of K learned-initialised vectors, state ``memory: (B, K, D)`` + ``step: (B,)`` (tokens, slots)."""
+
+    def __init__(self, cfg: CoreConfig) -> None:
+        super().__init__(cfg)
+        self.initial = nn.Parameter(torch.randn(cfg.num_tokens, cfg.dim) * 0.02)
+
+    def state_spec(self, batch: int):
+        return {"memory": ((batch, self.cfg.num_tokens, self.cfg.dim), torch.float32),
+                "step": ((batch,), torch.int64)}
+
+    def current(self, state: NamedTuple) -> Tensor:
+        """(B, K, D) memory, with the learned initial vectors for streams at step 0 (fresh or reset)."""
+        fresh = (state.step == 0).view(-1, 1, 1)
+        return torch.where(fresh, self.initial.unsqueeze(0), state.memory)

@@ -13,7 +13,7 @@ import math
 from typing import NamedTuple
 
 import torch
-from memstream.memory.base import MemoryType
+from memstream.memory.base import VectorMemory
 from memstream.memory.config import CoreConfig
 from memstream.memory.layers import segment_mask
 from torch import Tensor, nn
@@ -24,13 +24,12 @@ class SlotsState(NamedTuple):
     step: Tensor    # (B,) int64 segments seen; 0 means "use the learned initial slots"
 
 
-class SlotsMemory(MemoryType):
+class SlotsMemory(VectorMemory):
     State = SlotsState
 
     def __init__(self, cfg: CoreConfig) -> None:
         super().__init__(cfg)
-        k, d = cfg.num_tokens, cfg.dim
-        self.initial = nn.Parameter(torch.randn(k, d) * 0.02)
+        d = cfg.dim
         self.norm_memory = nn.LayerNorm(d)
         self.norm_input = nn.LayerNorm(d)
         self.query = nn.Linear(d, d)
@@ -39,14 +38,6 @@ class SlotsMemory(MemoryType):
         self.gate = nn.Linear(2 * d, d)
         self.forget_bias = nn.Parameter(torch.zeros(d))
         self.scale = math.sqrt(d)
-
-    def state_spec(self, batch: int):
-        return {"memory": ((batch, self.cfg.num_tokens, self.cfg.dim), torch.float32),
-                "step": ((batch,), torch.int64)}
-
-    def current(self, state: SlotsState) -> Tensor:
-        fresh = (state.step == 0).view(-1, 1, 1)
-        return torch.where(fresh, self.initial.unsqueeze(0), state.memory)
 
     def begin(self, x, state, ctx, rotary):
         ctx.cos, ctx.sin = rotary(ctx.pos)

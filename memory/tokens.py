@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from memstream.memory.base import MemoryType
+from memstream.memory.base import VectorMemory
 from memstream.memory.config import CoreConfig
 from memstream.memory.layers import Block
 from torch import Tensor, nn
@@ -34,27 +34,17 @@ def _structure(k: int, t: int, write_tokens: bool, causal: bool) -> Tensor:
     return allowed
 
 
-class TokensMemory(MemoryType):
+class TokensMemory(VectorMemory):
     State = TokensState
 
     def __init__(self, cfg: CoreConfig) -> None:
         super().__init__(cfg)
         k, d = cfg.num_tokens, cfg.dim
-        self.initial = nn.Parameter(torch.randn(k, d) * 0.02)
         self.read_embed = nn.Parameter(torch.zeros(d))
         self.write_embed = nn.Parameter(torch.zeros(d))
         self.updater = Block(cfg) if cfg.update_layer else None
         self.register_buffer("structure", _structure(k, cfg.segment, self.updater is None, cfg.causal),
                              persistent=False)
-
-    def state_spec(self, batch: int):
-        return {"memory": ((batch, self.cfg.num_tokens, self.cfg.dim), torch.float32),
-                "step": ((batch,), torch.int64)}
-
-    def current(self, state: TokensState) -> Tensor:
-        """(B, K, D) memory, with the learned initial tokens for streams at step 0."""
-        fresh = (state.step == 0).view(-1, 1, 1)
-        return torch.where(fresh, self.initial.unsqueeze(0), state.memory)
 
     def begin(self, x, state, ctx, rotary):
         k = self.cfg.num_tokens
