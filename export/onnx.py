@@ -74,8 +74,9 @@ def example_inputs(model: nn.Module, x: Tensor) -> tuple[Tensor, ...]:
 def check_state_io(proto: onnx.ModelProto, fields: Sequence[str]) -> None:
     """Fail when the graph lost a state input or output, or passes a state through unchanged.
 
-    An in-place buffer update or a ``.item()`` inside ``step`` exports "fine" but freezes the state into a
-    constant: the state input then disappears from the graph or the output no longer depends on it.
+    An in-place buffer update, or a tensor read into Python (``Tensor.item``) inside ``step``, exports
+    "fine" but freezes the state into a constant: the state input then disappears from the graph or the
+    output no longer depends on it.
     """
     graph_inputs = {i.name for i in proto.graph.input}
     graph_outputs = {o.name for o in proto.graph.output}
@@ -83,7 +84,7 @@ def check_state_io(proto: onnx.ModelProto, fields: Sequence[str]) -> None:
     missing += [f"state_out.{f}" for f in fields if f"state_out.{f}" not in graph_outputs]
     if missing:
         raise ExportError(f"exported step lost state tensors {missing}: the state is frozen into the graph "
-                          "(in-place buffer update, .item() or Python control flow on tensor values in step)")
+                          "(in-place buffer update, Tensor.item or Python control flow on tensor values in step)")
     consumed = {i for n in proto.graph.node for i in n.input} | graph_outputs
     unused = [f"state.{f}" for f in fields if f"state.{f}" not in consumed]
     if unused:
