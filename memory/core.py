@@ -14,7 +14,7 @@ import torch
 from memstream.memory.base import MemoryType, StepContext
 from memstream.memory.config import CoreConfig
 from memstream.memory.knn import KnnMemory
-from memstream.memory.layers import Block, Rotary, additive, attention_mask, rotate, segment_mask
+from memstream.memory.layers import Block, Rotary, additive, attention_mask, rotate, segment_mask, within_segments
 from memstream.memory.queue import QueueMemory
 from memstream.memory.slots import SlotsMemory
 from memstream.memory.tokens import TokensMemory
@@ -42,13 +42,7 @@ class _NoMemory(MemoryType):
         return h, NoneState(step=state.step + 1)
 
     def sequence_masks(self, x: Tensor, mask: Tensor) -> list[Tensor]:
-        s, t = x.shape[1], self.cfg.segment
-        seg_id = torch.arange(s, device=x.device) // t
-        inside = (seg_id.view(s, 1) == seg_id.view(1, s)) & mask.unsqueeze(1)
-        if self.cfg.causal:
-            inside = inside & torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
-        inside = (inside | torch.eye(s, dtype=torch.bool, device=x.device)).unsqueeze(1)
-        return [inside] * self.cfg.layers
+        return [within_segments(mask, self.cfg.segment, self.cfg.causal).unsqueeze(1)] * self.cfg.layers
 
 
 MEMORY_CLASSES: dict[str, type[MemoryType]] = {

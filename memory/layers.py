@@ -76,6 +76,19 @@ def additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
+def within_segments(mask: Tensor, segment: int, causal: bool) -> Tensor:
+    """The whole-sequence form of :func:`segment_mask`: each token sees the valid tokens of its own segment.
+
+    mask: (B, S) bool -> (B, S, S) bool, the diagonal always set.
+    """
+    s = mask.shape[1]
+    seg_id = torch.arange(s, device=mask.device) // segment
+    inside = (seg_id.view(s, 1) == seg_id.view(1, s)) & mask.unsqueeze(1)
+    if causal:
+        inside = inside & torch.ones(s, s, dtype=torch.bool, device=mask.device).tril()
+    return inside | torch.eye(s, dtype=torch.bool, device=mask.device)
+
+
 def attention_mask(memory_valid: Tensor | None, seg_mask: Tensor) -> Tensor:
     """Mask over ``[memory ; segment]`` keys, expanded to (B, 1, T, M + T).
 

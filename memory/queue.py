@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from memstream.memory.base import MemoryType
 from memstream.memory.config import CoreConfig
-from memstream.memory.layers import segment_mask
+from memstream.memory.layers import segment_mask, within_segments
 from torch import Tensor, nn
 
 
@@ -108,11 +108,7 @@ class QueueMemory(MemoryType):
         before = torch.cat((torch.zeros(b, 1, dtype=torch.long, device=x.device), count[:, t - 1::t][:, :-1]), 1)
         before_q = before[:, seg_id]  # (B, S): tokens written before the query's segment
         earlier = seg_id.view(1, s, 1) > seg_id.view(1, 1, s)
-        same = seg_id.view(1, s, 1) == seg_id.view(1, 1, s)
-        inside = same & mask.unsqueeze(1)
-        if self.cfg.causal:
-            inside = inside & torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
-        inside = inside | torch.eye(s, dtype=torch.bool, device=x.device)
+        inside = within_segments(mask, t, self.cfg.causal)
         masks = []
         for m in self.lengths:
             recent = count.unsqueeze(1) > (before_q.unsqueeze(2) - m)  # (B, S, S)
