@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-MEMORY_TYPES = ("queue", "tokens", "slots", "knn", "none")
+MEMORY_TYPES = ("queue", "tokens", "slots", "knn", "ntm", "none")
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class CoreConfig:
         layers: number of pre-norm transformer blocks ``L``.
         ff_mult: feed-forward width as a multiple of ``dim``.
         segment: tokens per segment ``T``; the step always takes exactly this many.
-        memory: one of ``queue``, ``tokens``, ``slots``, ``knn``, ``none``.
+        memory: one of ``queue``, ``tokens``, ``slots``, ``knn``, ``ntm``, ``none``.
         memory_length: ``queue``: past tokens kept per layer, an int for every layer or a tuple with
             one entry per layer (0 switches a layer's memory off).
         write_gate: ``queue``: a learned gate decides per segment whether it is written (MATR).
@@ -27,6 +27,9 @@ class CoreConfig:
         knn_capacity: ``knn``: ring-buffer entries ``C`` per stream.
         knn_topk: ``knn``: entries retrieved per query and head.
         knn_layer: ``knn``: index of the block that reads the ring buffer (negative counts from the end).
+        ntm_rows: ``ntm``: rows ``R`` of the memory matrix (the locations heads address).
+        ntm_width: ``ntm``: width ``C`` of each memory row.
+        ntm_read_heads: ``ntm``: read heads ``Hr``; each read vector is one memory token every block attends over.
         causal: causal attention inside a segment (memory is always entirely visible).
         dropout: dropout on attention output and feed-forward (training only).
         rope_base: rotary frequency base.
@@ -45,6 +48,9 @@ class CoreConfig:
     knn_capacity: int = 4096
     knn_topk: int = 32
     knn_layer: int = -1
+    ntm_rows: int = 32
+    ntm_width: int = 32
+    ntm_read_heads: int = 2
     causal: bool = False
     dropout: float = 0.0
     rope_base: float = 10000.0
@@ -84,6 +90,11 @@ class CoreConfig:
                  f"knn_topk={self.knn_topk} must lie in [1, knn_capacity={self.knn_capacity}]")
             need(-self.layers <= self.knn_layer < self.layers,
                  f"knn_layer={self.knn_layer} is outside the {self.layers} layers")
+        if self.memory == "ntm":
+            for name in ("ntm_rows", "ntm_width", "ntm_read_heads"):
+                value = getattr(self, name)
+                need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                     f"{name}={value!r} must be a positive integer")
 
     @property
     def head_dim(self) -> int:

@@ -15,6 +15,7 @@ from memstream.memory.base import MemoryType, StepContext
 from memstream.memory.config import CoreConfig
 from memstream.memory.knn import KnnMemory
 from memstream.memory.layers import Block, Rotary, additive, attention_mask, rotate, segment_mask, within_segments
+from memstream.memory.ntm import NtmMemory
 from memstream.memory.queue import QueueMemory
 from memstream.memory.slots import SlotsMemory
 from memstream.memory.tokens import TokensMemory
@@ -46,7 +47,8 @@ class _NoMemory(MemoryType):
 
 
 MEMORY_CLASSES: dict[str, type[MemoryType]] = {
-    "queue": QueueMemory, "tokens": TokensMemory, "slots": SlotsMemory, "knn": KnnMemory, "none": _NoMemory,
+    "queue": QueueMemory, "tokens": TokensMemory, "slots": SlotsMemory, "knn": KnnMemory, "ntm": NtmMemory,
+    "none": _NoMemory,
 }
 
 
