@@ -26,12 +26,14 @@ VARIANTS: dict[str, dict] = {
     "tokens-update": {"memory": "tokens", "update_layer": True},
     "slots": {"memory": "slots"},
     "knn": {"memory": "knn"},
+    "ntm": {"memory": "ntm"},
     "none": {"memory": "none"},
 }
 
-# Tiny but non-trivial: 2 layers, 2 heads, segment 4; queue keeps 1.5 segments, knn wraps after 4.
+# Tiny but non-trivial: 2 layers, 2 heads, segment 4; queue keeps 1.5 segments, knn wraps after 4;
+# ntm: 5 rows of width 6, 2 read heads.
 TINY = {"dim": 16, "heads": 2, "layers": 2, "ff_mult": 2, "segment": 4, "memory_length": 6,
-        "num_tokens": 3, "knn_capacity": 16, "knn_topk": 4}
+        "num_tokens": 3, "knn_capacity": 16, "knn_topk": 4, "ntm_rows": 5, "ntm_width": 6, "ntm_read_heads": 2}
 
 GATE_FEATURE = 0   # the gated queue's write gate reads this input feature only (see build_core)
 GATE_OFFSET = 3.0  # stream_inputs shifts that feature by +-GATE_OFFSET per segment
