@@ -41,7 +41,8 @@ def recall_config(memory: str, task: RecallTask | None = None, *, train_distance
     Capacities are honest: the queue keeps ``2 P T`` tokens per layer, room for the pair segments but far
     from 16x ``train_distance`` segments of distractors, so at long range only the write gate (which
     skips distractor segments) can keep the pairs; ``knn`` holds the whole longest evaluated sequence (its
-    design); ``tokens``/``slots`` carry ``P T`` fixed memory vectors, as many as there are pair tokens.
+    design); ``tokens``/``slots`` carry ``P T`` fixed memory vectors, as many as there are pair tokens;
+    ``ntm`` has as many rows (of width ``dim``) and one read head per query.
 
     One 64-wide head and rotary base 1e16: a query finds its key by content through the rotary pairs of low
     frequency, which barely turn over the distances evaluated, while the few fast pairs still tell a pair's
@@ -60,7 +61,8 @@ def recall_config(memory: str, task: RecallTask | None = None, *, train_distance
     core = CoreConfig(dim=dim, heads=heads, layers=layers, ff_mult=2, segment=t, memory=memory,
                       memory_length=2 * task.pair_segments * t, write_gate=gate and memory == "queue",
                       num_tokens=task.pair_segments * t, knn_capacity=1 << math.ceil(math.log2(longest)),
-                      knn_topk=2 * t, rope_base=rope_base)
+                      knn_topk=2 * t, ntm_rows=task.pair_segments * t, ntm_width=dim,
+                      ntm_read_heads=task.queries, rope_base=rope_base)
     return RecallConfig(core=core, task=task)
 
 
