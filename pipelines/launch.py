@@ -171,8 +171,9 @@ def specs_from_args(args) -> list[str]:
     return specs
 
 
-def run_from_args(task, specs: list[str], args) -> int:
-    """Open the sources, build backend and sinks, run until the streams end or SIGINT/SIGTERM; exit code."""
+def run_from_args(task, specs: list[str], args, extra_sinks: Sequence = ()) -> int:
+    """Open the sources, build backend and sinks (plus ``extra_sinks``), run until the streams end or
+    SIGINT/SIGTERM; exit code."""
     import signal
     import sys
     import tempfile
@@ -209,6 +210,7 @@ def run_from_args(task, specs: list[str], args) -> int:
         sinks.append(JsonlSink(sys.stdout))
     if args.view:
         sinks.append(TerminalSink())
+    sinks += list(extra_sinks)
     if args.overlay:
         sinks.append(OverlayVideoSink(args.overlay, getattr(task, "draw", None)))
     runner = StreamRunner(task, backend, sinks, max_streams=args.max_streams or len(sources),

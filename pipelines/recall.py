@@ -30,7 +30,7 @@ MULTIPLES = (1, 4, 16)          # evaluation distances, as multiples of the trai
 BENCH_TYPES = ("queue", "queue-nogate", "tokens", "slots", "knn", "none")  # "-nogate": queue without gate
 EVAL_SEED = 1_000_003           # evaluation sequences never share a generator stream with training
 # Roughly equal CPU time per type (a knn or tokens step costs several queue steps).
-DEFAULT_STEPS = {"queue": 1200, "tokens": 2000, "slots": 2000, "knn": 1200, "none": 600}
+DEFAULT_STEPS = {"queue": 1200, "tokens": 2000, "slots": 2000, "knn": 1200, "ntm": 2000, "none": 600}
 
 
 def recall_config(memory: str, task: RecallTask | None = None, *, train_distance: int = 4, gate: bool = True,

@@ -1,0 +1,249 @@
+"""Speech recognition commands: ``memstream train asr``, ``export asr`` and ``run asr``.
+
+Training (:class:`AsrObjective` for :func:`memstream.pipelines.train.train`): whole utterances through
+``forward_sequence`` (numerically the streaming path, segment size as at inference), SpecAugment on the
+normalised features (torchaudio's iid masks), CTC loss. The feature normalisation statistics are measured
+on the training corpus before the first step and saved with the weights. Evaluation lives in
+:mod:`memstream.pipelines.asr_eval`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio
+from memstream.memory import MEMORY_TYPES
+from memstream.models import build, list_models
+from memstream.models.asr import AsrModel
+from memstream.pipelines.asr_task import (
+    DEFAULT_ENDPOINT,
+    MODEL_KIND,
+    AsrTask,
+    TranscriptLineSink,
+    bundled_asr_dir,
+    load_asr_model,
+)
+from memstream.pipelines.speech_data import (
+    BucketBatchSampler,
+    Utterance,
+    encode_text,
+    load_audio,
+    normalize_text,
+    read_corpus,
+)
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+class AsrObjective:
+    """CTC on whole utterances of ``utterances`` (see the module docstring); audio decoded once and cached.
+
+    Args:
+        max_batch_seconds: padded audio per batch (batch size x longest utterance), seconds.
+        freq_masks, freq_width, time_masks, time_width: SpecAugment (masks per utterance, widest mask in mel
+            bins / feature frames); 0 masks turn it off.
+    """
+
+    def __init__(self, model: AsrModel, utterances: Sequence[Utterance], *, max_batch_seconds: float = 160.0,
+                 freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2, time_width: int = 40,
+                 extra_config: dict | None = None) -> None:
+        if not utterances:
+            raise ValueError("AsrObjective: no training utterances")
+        self.model_cfg = model.cfg
+        self.utterances = list(utterances)
+        self.targets = [encode_text(normalize_text(u.text)) for u in self.utterances]
+        self.durations = [float(u.duration or 0.0) for u in self.utterances]
+        self.max_batch_seconds = max_batch_seconds
+        self.spec = (freq_masks, freq_width, time_masks, time_width)
+        self.extra_config = extra_config or {}
+        self._audio: dict[int, np.ndarray] = {}
+
+    def audio(self, i: int) -> np.ndarray:
+        """Utterance ``i`` as int16 (half the memory of float32 for a corpus held in RAM)."""
+        if i not in self._audio:
+            x = load_audio(self.utterances[i].path, self.model_cfg.sample_rate)
+            self._audio[i] = np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
+        return self._audio[i]
+
+    def batches(self, rank: int, world: int, seed: int, epoch: int) -> Iterator[tuple[Tensor, ...]]:
+        sampler = BucketBatchSampler(self.durations, self.max_batch_seconds, rank=rank, world=world, seed=seed)
+        sampler.set_epoch(epoch)
+        for indices in sampler:
+            clips = [self.audio(i) for i in indices]
+            audio = torch.zeros(len(clips), max(len(c) for c in clips))
+            for row, c in enumerate(clips):
+                audio[row, :len(c)] = torch.from_numpy(c.astype(np.float32) / 32768.0)
+            targets = [torch.tensor(self.targets[i], dtype=torch.long) for i in indices]
+            yield (audio, torch.tensor([len(c) for c in clips]), torch.cat(targets),
+                   torch.tensor([len(t) for t in targets]))
+
+    def windows(self, batch) -> int:
+        return 1
+
+    def init_state(self, model, batch) -> None:
+        return None
+
+    def augment(self, feats: Tensor) -> Tensor:
+        """SpecAugment: feats (B, F, M) -> same, masked bands set to 0 (the normalised mean)."""
+        freq_masks, freq_width, time_masks, time_width = self.spec
+        x = feats.transpose(1, 2).unsqueeze(1)  # (B, 1, M, F): torchaudio's (batch, channel, freq, time)
+        for _ in range(freq_masks):
+            x = torchaudio.functional.mask_along_axis_iid(x, freq_width, 0.0, 2)
+        for _ in range(time_masks):
+            x = torchaudio.functional.mask_along_axis_iid(x, min(time_width, x.shape[-1] // 5), 0.0, 3, p=0.2)
+        return x.squeeze(1).transpose(1, 2)
+
+    def loss(self, model: AsrModel, batch, window: int, state) -> tuple[Tensor, None, dict[str, float]]:
+        audio, lengths, targets, target_lengths = batch
+        feats = model.features_sequence(model.pad(audio))
+        if model.training:
+            feats = self.augment(feats)
+        mask = model.token_mask(lengths, feats.shape[1] // 4)
+        log_probs = model.encode(feats, mask)
+        frames = mask.sum(1)
+        loss = F.ctc_loss(log_probs.transpose(0, 1), targets, frames, target_lengths, blank=0, reduction="mean",
+                          zero_infinity=True)
+        return loss, None, {"samples": float(len(lengths)), "audio_seconds": float(lengths.sum()) / 16000.0}
+
+    def checkpoint_config(self) -> dict:
+        return {"model": MODEL_KIND, "config": self.model_cfg.to_dict(), "vocabulary": list(self.model_cfg.vocab),
+                **self.extra_config}
+
+
+@torch.no_grad()
+def feature_stats(model: AsrModel, objective: AsrObjective, utterances: int = 400,
+                  seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Mean and std of the raw log-mel features over a sample of the training utterances: (n_mels,) each."""
+    g = np.random.default_rng(seed)
+    picks = g.choice(len(objective.utterances), size=min(utterances, len(objective.utterances)), replace=False)
+    total, total_sq, count = 0.0, 0.0, 0
+    c = model.cfg
+    for i in picks.tolist():
+        x = torch.from_numpy(objective.audio(i).astype(np.float32) / 32768.0).unsqueeze(0)
+        frames = F.pad(x, (c.win - c.hop, 0)).unfold(1, c.win, c.hop)
+        raw = model.features.raw(frames)[0].double()
+        total, total_sq, count = total + raw.sum(0), total_sq + (raw * raw).sum(0), count + raw.shape[0]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp(min=1e-6).sqrt()
+    return mean.float(), std.float()
+
+
+def cli_train(argv: list[str]) -> int:
+    from memstream.pipelines.asr_eval import evaluate_sequences
+    from memstream.pipelines.train import TrainConfig, train
+
+    p = argparse.ArgumentParser(prog="memstream train asr", description=(
+        "Train a streaming CTC speech recogniser on a LibriSpeech-layout corpus (or audio + transcripts.tsv). "
+        "Multi-process: torchrun --nproc_per_node N -m memstream.pipelines.cli train asr ..."))
+    p.add_argument("--data", required=True, help="training corpus folder (e.g. the train/ split of synth-speech)")
+    p.add_argument("--dev", help="validation corpus folder: greedy WER logged at --eval-every and at the end")
+    p.add_argument("--preset", default="asr-small", choices=[m for m in list_models() if m.startswith("asr-")])
+    p.add_argument("--memory", choices=MEMORY_TYPES, help="memory type, overriding the preset's")
+    p.add_argument("--out", required=True, help="output folder: checkpoint, train_log.jsonl, trainer state")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-seconds", type=float, default=160.0, help="padded audio seconds per batch")
+    p.add_argument("--max-utterance-seconds", type=float, default=20.0, help="skip longer training utterances")
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--dev-limit", type=int, default=200, help="dev utterances used for the logged WER")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
+    p.add_argument("--no-specaugment", action="store_true")
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
+    model = build(args.preset, **({"memory": args.memory} if args.memory else {}))
+    utterances = [u for u in read_corpus(args.data) if (u.duration or 0) <= args.max_utterance_seconds]
+    dev = read_corpus(args.dev)[: args.dev_limit] if args.dev else None
+    command = "memstream train asr " + " ".join(argv)
+    spec = {"freq_masks": 0, "time_masks": 0} if args.no_specaugment else {}
+    objective = AsrObjective(model, utterances, max_batch_seconds=args.batch_seconds,
+                             extra_config={"preset": args.preset, "command": command,
+                                           "corpus": str(Path(args.data).resolve())}, **spec)
+    start = time.perf_counter()
+    mean, std = feature_stats(model, objective)
+    model.features.mean.copy_(mean)
+    model.features.std.copy_(std)
+    log.info("feature statistics from the corpus in %.1f s", time.perf_counter() - start)
+    cfg = TrainConfig(steps=args.steps, lr=args.lr, eval_every=args.eval_every, seed=args.seed, threads=args.threads,
+                      checkpoint_every=max(100, args.steps // 10))
+    evaluate = (lambda m: evaluate_sequences(m, dev)) if dev else None
+    summary = train(model, objective, cfg, args.out, resume=not args.no_resume, evaluate=evaluate)
+    summary["utterances"] = len(utterances)
+    summary["hours"] = round(sum(objective.durations) / 3600, 3)
+    print(json.dumps(summary))
+    return 0
+
+
+def cli_export(argv: list[str]) -> int:
+    from memstream.export import DEFAULT_OPSET, FALLBACK_OPSET, export_step
+
+    p = argparse.ArgumentParser(prog="memstream export asr", description=(
+        "Export the ASR step (16 kHz samples + state -> CTC log-probs + state) to one ONNX graph."))
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled asr-small)")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, choices=(DEFAULT_OPSET, FALLBACK_OPSET))
+    args = p.parse_args(argv)
+    model, _ = load_asr_model(args.checkpoint)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proto = export_step(model, out, torch.zeros(2, model.cfg.segment_samples), opset=args.opset,
+                        metadata=export_metadata(model))
+    print(json.dumps({"onnx": str(out), "opset": args.opset, "segment_samples": model.cfg.segment_samples,
+                      "inputs": [i.name for i in proto.graph.input], "outputs": [o.name for o in proto.graph.output],
+                      "bytes": out.stat().st_size}))
+    return 0
+
+
+def export_metadata(model: AsrModel) -> dict:
+    c = model.cfg
+    return {"task": "asr", "kind": "audio", "rate": c.sample_rate, "segment_size": c.segment_samples,
+            "sample_rate": c.sample_rate, "segment_seconds": c.segment_samples / c.sample_rate,
+            "frame_seconds": c.frame_seconds, "vocabulary": list(c.vocab)}
+
+
+RUN_EXAMPLES = """\
+examples:
+  memstream run asr                                     # the bundled model on the bundled sample
+  memstream run asr --source talk.flac --out runs/talk  # words with times in runs/talk/events.jsonl
+  memstream run asr --source mic --method beam          # live microphone, prefix beam search
+  arecord -f S16_LE -r 16000 -c 1 | memstream run asr --source - --rate 16000 --channels 1 --format s16le
+"""
+
+
+def bundled_sample() -> Path:
+    return bundled_asr_dir() / "sample.flac"
+
+
+def cli_run(argv: list[str]) -> int:
+    from memstream.pipelines.launch import add_run_arguments, run_from_args, specs_from_args
+
+    p = argparse.ArgumentParser(prog="memstream run asr", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=RUN_EXAMPLES, description=(
+                                    "Streaming speech recognition: the live transcript on one rewritten line "
+                                    "(stderr), words with times as JSON Lines (stdout or --out)."))
+    add_run_arguments(p)
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled asr-small)")
+    p.add_argument("--method", choices=("greedy", "beam"), default="greedy", help="CTC decoding (default greedy)")
+    p.add_argument("--beam", type=int, default=8)
+    p.add_argument("--no-endpoint", action="store_true", help="finalise only at the end of the stream")
+    p.add_argument("--quiet", action="store_true", help="no live transcript line")
+    args = p.parse_args(argv)
+    if not args.source and not args.streams:
+        args.source = [str(bundled_sample())]
+    specs = specs_from_args(args)
+    task = AsrTask(checkpoint=args.checkpoint, method=args.method, beam=args.beam,
+                   endpoint=None if args.no_endpoint else DEFAULT_ENDPOINT)
+    sinks = [] if args.quiet or args.view else [TranscriptLineSink(sys.stderr)]
+    return run_from_args(task, specs, args, extra_sinks=sinks)
+
