@@ -17,6 +17,10 @@ Handler = Callable[[list[str]], int]
 EXAMPLES = """\
 examples:
   memstream demo                                  # recall demo of the memory core with bundled models
+  memstream run asr --source talk.flac --out runs/talk        # live transcript; words with times in JSONL
+  memstream eval asr --data corpus/test --json --plot wer.png # WER/CER, WER by length, RTF
+  memstream train asr --data corpus/train --dev corpus/dev --out runs/asr
+  memstream export asr --out asr.onnx                         # samples + state -> CTC log-probs + state
   memstream run core --source talk.wav --out runs/probe      # events.jsonl + summary.json (latency, RTF)
   memstream run core --source 0 --source rtsp://cam/1 --view # two live video streams, batched, live view
   memstream run core --streams cams.streams --backend onnx --max-streams 16 --out runs/cams
@@ -28,6 +32,7 @@ examples:
   memstream train recall --memory queue --out runs/recall-queue
   memstream eval recall --checkpoint runs/recall-queue
   memstream data inspect clip.mp4                 # what the sources decode: rate, size, frames, drops
+  memstream data synth-speech --out data/synth --hours 6 --jobs 8   # espeak-ng corpus, LibriSpeech layout
 
 Run `memstream <command> <task> --help` for a task's options.
 """
@@ -62,13 +67,17 @@ def _core(name: str) -> Handler:
 
 COMMANDS: dict[str, tuple[str, dict[str, Handler]]] = {
     "demo": ("run the demo on bundled models and media", {"": _recall("cli_demo")}),
-    "run": ("run a task on live or recorded streams", {"core": _run("core_task")}),
-    "eval": ("evaluate a model, print its metrics", {"recall": _recall("cli_eval")}),
-    "train": ("train a model and write a checkpoint", {"recall": _recall("cli_train")}),
-    "export": ("export a model's streaming step to ONNX", {"core": _core("cli_export")}),
+    "run": ("run a task on live or recorded streams", {"asr": _run("asr"), "core": _run("core_task")}),
+    "eval": ("evaluate a model, print its metrics",
+             {"asr": _run("asr_eval", "cli_eval"), "recall": _recall("cli_eval")}),
+    "train": ("train a model and write a checkpoint",
+              {"asr": _run("asr", "cli_train"), "recall": _recall("cli_train")}),
+    "export": ("export a model's streaming step to ONNX",
+               {"asr": _run("asr", "cli_export"), "core": _core("cli_export")}),
     "bench": ("measure speed and accuracy, print one JSON object",
               {"core": _core("cli_bench"), "recall": _recall("cli_bench")}),
-    "data": ("make or inspect data", {"inspect": _run("data_tools", "cli_inspect")}),
+    "data": ("make or inspect data", {"inspect": _run("data_tools", "cli_inspect"),
+                                      "synth-speech": _run("synth_speech", "cli_synth_speech")}),
 }
 
 
