@@ -149,6 +149,8 @@ def cli_train(argv: list[str]) -> int:
     p.add_argument("--dev", help="validation corpus folder: greedy WER logged at --eval-every and at the end")
     p.add_argument("--preset", default="asr-small", choices=[m for m in list_models() if m.startswith("asr-")])
     p.add_argument("--memory", choices=MEMORY_TYPES, help="memory type, overriding the preset's")
+    p.add_argument("--full-context", action="store_true",
+                   help="the full-attention baseline: attends over whole utterances, no memory, no streaming")
     p.add_argument("--out", required=True, help="output folder: checkpoint, train_log.jsonl, trainer state")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -162,7 +164,12 @@ def cli_train(argv: list[str]) -> int:
     p.add_argument("--no-specaugment", action="store_true")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
-    model = build(args.preset, **({"memory": args.memory} if args.memory else {}))
+    overrides = {"memory": args.memory} if args.memory else {}
+    if args.full_context:
+        if args.memory not in (None, "none"):
+            raise ValueError(f"--full-context has no memory; drop --memory {args.memory}")
+        overrides = {"memory": "none", "full_context": True}
+    model = build(args.preset, **overrides)
     utterances = [u for u in read_corpus(args.data) if (u.duration or 0) <= args.max_utterance_seconds]
     dev = read_corpus(args.dev)[: args.dev_limit] if args.dev else None
     command = "memstream train asr " + " ".join(argv)

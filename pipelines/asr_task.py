@@ -81,6 +81,9 @@ class AsrTask:
                  method: str = "greedy", beam: int = 8, endpoint: EndpointConfig | None = DEFAULT_ENDPOINT) -> None:
         if model is None:
             model, _ = load_asr_model(checkpoint)
+        if model.cfg.full_context:
+            raise ValueError("AsrTask: a full-context model attends over whole recordings and cannot stream; "
+                             "use model.forward_sequence")
         self.model = model.eval()
         cfg = model.cfg
         self.rate = float(cfg.sample_rate)

@@ -75,7 +75,7 @@ COMMANDS: dict[str, tuple[str, dict[str, Handler]]] = {
     "export": ("export a model's streaming step to ONNX",
                {"asr": _run("asr", "cli_export"), "core": _core("cli_export")}),
     "bench": ("measure speed and accuracy, print one JSON object",
-              {"core": _core("cli_bench"), "recall": _recall("cli_bench")}),
+              {"asr": _run("asr_bench", "cli_bench"), "core": _core("cli_bench"), "recall": _recall("cli_bench")}),
     "data": ("make or inspect data", {"inspect": _run("data_tools", "cli_inspect"),
                                       "synth-speech": _run("synth_speech", "cli_synth_speech")}),
 }
