@@ -36,8 +36,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from memstream.models.asr import CHARS
 
-VOCAB: list[str] = ["<b>", " ", "'", *"abcdefghijklmnopqrstuvwxyz"]
+VOCAB: list[str] = list(CHARS)  # the ASR model's character set
 NEG_INF = float("-inf")
 METHODS = ("greedy", "beam")
 

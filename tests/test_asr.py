@@ -1,0 +1,143 @@
+"""The ASR task end to end: train, eval, export, run and bench commands, the runner task and its sinks."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from memstream.export import TorchBackend
+from memstream.pipelines import cli
+from memstream.pipelines.asr_eval import error_rates
+from memstream.pipelines.asr_task import AsrTask, TranscriptLineSink, load_asr_model, transcribe
+from memstream.pipelines.ctc import greedy_decode
+from memstream.pipelines.speech_data import read_corpus
+from memstream.pipelines.synth_speech import FORTUNE_DIRS
+from test_asr_model import tiny_asr
+
+
+def _synth_tools() -> str | None:
+    if shutil.which("espeak-ng") is None:
+        return "espeak-ng is not installed (apt-get install espeak-ng)"
+    if not any(d.is_dir() and any(d.iterdir()) for d in FORTUNE_DIRS):
+        return "no fortune files (apt-get install fortunes-min fortunes)"
+    return None
+
+
+needs_synth = pytest.mark.skipif(_synth_tools() is not None, reason=str(_synth_tools()))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    if _synth_tools() is not None:
+        pytest.skip(_synth_tools())
+    from memstream.pipelines.synth_speech import synthesize
+
+    out = tmp_path_factory.mktemp("asr") / "synth"
+    synthesize(out, hours=0.01, seed=3, heldout_voices=1, longform_minutes=(0.2, 0.4), longform_count=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("asr") / "run"
+    code = cli.main(["train", "asr", "--data", str(corpus / "train"), "--dev", str(corpus / "dev"), "--out", str(out),
+                     "--steps", "12", "--batch-seconds", "40", "--threads", "2", "--lr", "3e-3"])
+    assert code == 0
+    return out
+
+
+def test_transcript_sink_rewrites_one_line_on_a_terminal_and_writes_finals_elsewhere():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    events = [{"type": "partial", "text": "hel", "stream": "a"}, {"type": "partial", "text": "hello", "stream": "a"},
+              {"type": "final", "text": "hello", "start": 0.0, "end": 1.0, "stream": "a"},
+              {"type": "final", "text": "", "start": 1.0, "end": 3.4, "stream": "a"}]
+    tty, plain = Tty(), io.StringIO()
+    for file in (tty, plain):
+        sink = TranscriptLineSink(file)
+        for e in events:
+            sink.write(e)
+        sink.close()
+    assert tty.getvalue().count("\r") == 3 and tty.getvalue().endswith("hello\n")
+    assert plain.getvalue() == "[   0.00-   1.00] hello\n"
+
+
+def test_streamed_transcript_equals_offline_greedy_decoding():
+    model = tiny_asr()
+    with torch.no_grad():
+        model.head.bias.copy_(torch.linspace(0, 3, len(model.cfg.vocab)))  # emit something besides blank
+    audio = np.random.default_rng(0).normal(0, 0.3, 7 * model.cfg.segment_samples - 999).astype(np.float32)
+    task = AsrTask(model, endpoint=None)
+    streamed = transcribe(TorchBackend(model), audio, task)
+    with torch.no_grad():
+        log_probs, valid = model.forward_sequence(torch.from_numpy(audio).unsqueeze(0))
+    offline = greedy_decode(log_probs[0, :int(valid.sum())].numpy(), list(model.cfg.vocab))
+    assert streamed["text"] == offline and offline
+    assert all(w["start"] <= w["end"] for w in streamed["words"])
+
+
+def test_full_context_model_refuses_to_stream():
+    with pytest.raises(ValueError, match="cannot stream"):
+        AsrTask(tiny_asr("none", full_context=True))
+
+
+def test_error_rates_normalise_and_skip_empty_references():
+    out = error_rates(["Hello, World!", "", "good  morning"], ["hello world", "noise", "good evening"])
+    assert out == {"wer": 0.25, "cer": pytest.approx(out["cer"]), "num_utterances": 2}
+
+
+@needs_synth
+def test_train_writes_a_checkpoint_that_learns(trained):
+    records = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) >= 1 and np.isfinite(losses).all()
+    model, config = load_asr_model(trained)
+    assert config["model"] == "asr" and "memstream train asr" in config["command"]
+    assert not torch.allclose(model.features.mean, torch.zeros_like(model.features.mean))  # corpus statistics
+    assert any("eval" in r for r in records)
+
+
+@needs_synth
+def test_eval_json_plot_and_onnx_backend_agree(trained, corpus, tmp_path, capsys):
+    plot = tmp_path / "wer.png"
+    argv = ["eval", "asr", "--data", str(corpus / "test-longform"), "--checkpoint", str(trained), "--json", "--threads",
+            "1"]
+    assert cli.main(argv + ["--plot", str(plot)]) == 0
+    torch_result = json.loads(capsys.readouterr().out)
+    assert {"wer", "cer", "rtf", "num_utterances", "audio_seconds", "wer_by_length"} <= set(torch_result)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(argv + ["--backend", "onnx"]) == 0
+    onnx_result = json.loads(capsys.readouterr().out)
+    assert abs(onnx_result["wer"] - torch_result["wer"]) <= 0.1 and onnx_result["backend"] == "onnx"
+
+
+@needs_synth
+def test_export_then_run_from_the_onnx_file(trained, corpus, tmp_path, capsys):
+    onnx_path = tmp_path / "asr.onnx"
+    assert cli.main(["export", "asr", "--checkpoint", str(trained), "--out", str(onnx_path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["segment_samples"] == 10240 and "state.audio_tail" in info["inputs"]
+    clip = read_corpus(corpus / "test")[0].path
+    out = tmp_path / "run"
+    code = cli.main(["run", "asr", "--source", str(clip), "--checkpoint", str(trained), "--backend", "onnx",
+                     "--onnx", str(onnx_path), "--out", str(out), "--quiet"])
+    assert code == 0
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    finals = [e for e in events if e["type"] == "final"]
+    assert finals and finals[-1]["reason"] == "flush"
+    assert json.loads((out / "summary.json").read_text())["total"]["segments"] >= 1
+
+
+def test_run_refuses_a_missing_checkpoint(tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16000, np.float32), 16000)
+    assert cli.main(["run", "asr", "--source", str(wav), "--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
