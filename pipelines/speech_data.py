@@ -93,7 +93,7 @@ def read_librispeech(root: str | Path, durations: bool = True) -> list[Utterance
             if any(p.suffix.lower() in AUDIO_SUFFIXES for p in chapter_dir.iterdir()):
                 raise FileNotFoundError(f"{chapter_dir}: audio files but no transcript {trans.name}")
             continue
-        for n, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(trans.read_text(encoding="utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
             parts = line.strip().split(maxsplit=1)
@@ -116,7 +116,7 @@ def read_tsv_folder(root: str | Path, durations: bool = True) -> list[Utterance]
     tsv = root / "transcripts.tsv"
     if not tsv.is_file():
         raise FileNotFoundError(f"{root}: no transcripts.tsv")
-    lines = tsv.read_text(encoding="utf-8").splitlines()
+    lines = tsv.read_text(encoding="utf-8-sig").splitlines()
     header = lines[0].split("\t") if lines else []
     if header[:2] != ["file", "reference"]:
         raise ValueError(f"{tsv}: line 1: expected the header 'file<TAB>reference[<TAB>...]', got {lines[:1]}")

@@ -317,6 +317,9 @@ def synthesize(out: str | Path, hours: float, seed: int = 0, jobs: int = 1, held
             new += planner.plan(parts, test_ids, held_texts, held, seconds, lf_rng, (10 ** 9, 10 ** 9 + 1), clean=True)
         part_utts = _write_split(parts, new, _run_jobs(new, pool, "test-longform parts")) if new else []
         recordings = longform_recordings(part_utts, lo * 60, hi * 60, longform_gap)
+        if len(recordings) < longform_count:
+            print(f"synth-speech: warning: {len(recordings)} of {longform_count} long-form chapters came out within "
+                  f"{lo}-{hi} min", flush=True)
         splits["test-longform"] = write_longform(recordings, out / "test-longform", RATE)
         shutil.rmtree(parts, ignore_errors=True)
     finally:
