@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from memstream.memory import MEMORY_TYPES, CoreConfig
 from memstream.models import load_weights, read_config, save_checkpoint
 from memstream.pipelines.recall_task import IGNORE, RecallConfig, RecallModel, RecallTask, make_batch
+from memstream.pipelines.train import lr_at
 
 __all__ = ["RecallModel", "RecallTask", "RecallConfig", "make_batch", "recall_config", "train_recall",
            "evaluate_recall", "load_recall_model", "bundled_dir", "cli_train", "cli_bench", "cli_demo"]
@@ -66,14 +67,6 @@ def recall_config(memory: str, task: RecallTask | None = None, *, train_distance
     return RecallConfig(core=core, task=task)
 
 
-def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to 5% of it."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
 def train_recall(model: RecallModel, *, steps: int, train_distance: int, batch: int = 32, lr: float = 3e-3,
                  seed: int = 0, log_every: int = 100, log=None) -> dict:
     """Train ``model`` with AdamW on fresh batches; distances drawn uniformly from 1..``train_distance``.
@@ -97,7 +90,7 @@ def train_recall(model: RecallModel, *, steps: int, train_distance: int, batch: 
     record: dict = {}
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, steps, lr, warmup)
+            group["lr"] = lr_at(step, steps, lr, warmup)  # warm-up, cosine to 5%
         distance = int(torch.randint(1, train_distance + 1, (1,), generator=g))
         data = make_batch(task, batch, distance, g)
         logits = model.forward_sequence(data.tokens, data.mask)
