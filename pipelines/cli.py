@@ -16,7 +16,7 @@ Handler = Callable[[list[str]], int]
 
 EXAMPLES = """\
 examples:
-  memstream demo                                  # recall demo of the memory core with bundled models
+  memstream demo                                  # bundled ASR model on bundled speech, then memory recall
   memstream run asr --source talk.flac --out runs/talk        # live transcript; words with times in JSONL
   memstream eval asr --data corpus/test --json --plot wer.png # WER/CER, WER by length, RTF
   memstream train asr --data corpus/train --dev corpus/dev --out runs/asr
@@ -66,7 +66,7 @@ def _core(name: str) -> Handler:
 
 
 COMMANDS: dict[str, tuple[str, dict[str, Handler]]] = {
-    "demo": ("run the demo on bundled models and media", {"": _recall("cli_demo")}),
+    "demo": ("run the demo on bundled models and media", {"": _run("demo", "cli_demo")}),
     "run": ("run a task on live or recorded streams", {"asr": _run("asr"), "core": _run("core_task")}),
     "eval": ("evaluate a model, print its metrics",
              {"asr": _run("asr_eval", "cli_eval"), "recall": _recall("cli_eval")}),
