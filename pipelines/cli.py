@@ -33,6 +33,7 @@ examples:
   memstream eval recall --checkpoint runs/recall-queue
   memstream data inspect clip.mp4                 # what the sources decode: rate, size, frames, drops
   memstream data synth-speech --out data/synth --hours 6 --jobs 8   # espeak-ng corpus, LibriSpeech layout
+  memstream data longform --data LibriSpeech/test-clean --out test-clean-long   # chapters -> 5-20 min recordings
 
 Run `memstream <command> <task> --help` for a task's options.
 """
@@ -77,7 +78,8 @@ COMMANDS: dict[str, tuple[str, dict[str, Handler]]] = {
     "bench": ("measure speed and accuracy, print one JSON object",
               {"asr": _run("asr_bench", "cli_bench"), "core": _core("cli_bench"), "recall": _recall("cli_bench")}),
     "data": ("make or inspect data", {"inspect": _run("data_tools", "cli_inspect"),
-                                      "synth-speech": _run("synth_speech", "cli_synth_speech")}),
+                                      "synth-speech": _run("synth_speech", "cli_synth_speech"),
+                                      "longform": _run("data_tools", "cli_longform")}),
 }
 
 

@@ -51,3 +51,30 @@ def cli_inspect(argv: list[str]) -> int:
         "wall_seconds": round(time.perf_counter() - start, 3),
     }))
     return 0
+
+
+def cli_longform(argv: list[str]) -> int:
+    """``memstream data longform``: a corpus' chapters concatenated into long recordings (LibriSpeech layout)."""
+    from pathlib import Path
+
+    from memstream.pipelines.speech_data import longform_recordings, read_corpus, write_longform
+
+    p = argparse.ArgumentParser(prog="memstream data longform", description=(
+        "Concatenate the utterances of each chapter of a corpus (LibriSpeech layout, e.g. test-clean) into "
+        "long-form recordings with their joined transcripts, written in the same layout plus segments.tsv."))
+    p.add_argument("--data", required=True, help="corpus folder (LibriSpeech layout or audio + transcripts.tsv)")
+    p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
+    p.add_argument("--minutes", type=float, nargs=2, default=(5.0, 20.0), metavar=("MIN", "MAX"),
+                   help="recording length range (default 5 20)")
+    p.add_argument("--gap", type=float, default=0.25, help="silence between utterances, seconds (default 0.25)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} exists and is not an empty folder")
+    recordings = longform_recordings(read_corpus(args.data), args.minutes[0] * 60, args.minutes[1] * 60, args.gap)
+    if not recordings:
+        raise ValueError(f"{args.data}: no chapter holds {args.minutes[0]:g}+ minutes of speech; lower --minutes")
+    written = write_longform(recordings, out)
+    print(json.dumps({"recordings": len(written), "minutes": round(sum(u.duration for u in written) / 60, 1),
+                      "out": str(out)}))
+    return 0

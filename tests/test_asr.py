@@ -141,3 +141,17 @@ def test_run_refuses_a_missing_checkpoint(tmp_path, capsys):
     sf.write(wav, np.zeros(16000, np.float32), 16000)
     assert cli.main(["run", "asr", "--source", str(wav), "--checkpoint", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+@needs_synth
+def test_data_longform_joins_each_chapter(corpus, tmp_path, capsys):
+    out = tmp_path / "long"
+    assert cli.main(["data", "longform", "--data", str(corpus / "train"), "--out", str(out), "--minutes", "0.05",
+                     "5"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    recordings = read_corpus(out)
+    source = read_corpus(corpus / "train")
+    assert info["recordings"] == len(recordings) == len({(u.speaker, u.chapter) for u in source})
+    assert sum(len(r.text.split()) for r in recordings) == sum(len(u.text.split()) for u in source)
+    assert cli.main(["data", "longform", "--data", str(corpus / "train"), "--out", str(out)]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
