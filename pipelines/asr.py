@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -188,7 +189,8 @@ def cli_train(argv: list[str]) -> int:
     summary = train(model, objective, cfg, args.out, resume=not args.no_resume, evaluate=evaluate)
     summary["utterances"] = len(utterances)
     summary["hours"] = round(sum(objective.durations) / 3600, 3)
-    print(json.dumps(summary))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
+        print(json.dumps(summary))
     return 0
 
 
