@@ -23,9 +23,15 @@ test: lint
 test-all: lint
 	$(BIN)/python -m pytest -q -m ""
 
+BENCH_SPEECH := .bench/synth-speech
+
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/memstream bench core
 	$(BIN)/memstream bench recall
+	test -f $(BENCH_SPEECH)/manifest.json || $(BIN)/memstream data synth-speech --out $(BENCH_SPEECH) \
+		--hours 0.1 --heldout-fraction 1 --longform-count 2 --jobs 2 --seed 7
+	$(BIN)/memstream bench asr --data $(BENCH_SPEECH)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .bench
