@@ -100,14 +100,21 @@ def _frames(seconds: float, frame_seconds: float) -> int:
 
 
 class _Endpointer:
-    def __init__(self, cfg: EndpointConfig, frame_seconds: float) -> None:
+    """sherpa-onnx's three rules; rule 3 waits for a word boundary (the last emitted symbol is the word
+    separator) so a long utterance is not cut inside a word, but fires regardless at 1.5x its length."""
+
+    def __init__(self, cfg: EndpointConfig, frame_seconds: float, separator: int | None) -> None:
         self.n1 = _frames(cfg.rule1_min_trailing_silence, frame_seconds)
         self.n2 = _frames(cfg.rule2_min_trailing_silence, frame_seconds)
         self.n3 = _frames(cfg.rule3_min_utterance_length, frame_seconds)
+        self.n3_hard = _frames(1.5 * cfg.rule3_min_utterance_length, frame_seconds)
+        self.separator = separator  # label id of the word separator, None: rule 3 cuts anywhere
 
-    def rules(self, trailing, length, decoded):
-        """Scalars or arrays (frames, frames, bool) -> (rule1, rule2, rule3) fired."""
-        return trailing >= self.n1, decoded & (trailing >= self.n2), length >= self.n3
+    def rules(self, trailing, length, decoded, last_label):
+        """Scalars or arrays (frames, frames, bool, last emitted label or -1) -> (rule1, rule2, rule3) fired."""
+        boundary = True if self.separator is None else (last_label == self.separator) | (last_label < 0)
+        return (trailing >= self.n1, decoded & (trailing >= self.n2),
+                ((length >= self.n3) & boundary) | (length >= self.n3_hard))
 
     @staticmethod
     def reason(r1, r2, r3) -> str | None:
@@ -140,7 +147,10 @@ class _Greedy:
         k, reason = n, None
         if ep is not None:
             decoded = bool(self.chars) | (np.cumsum(emit) > 0)
-            r1, r2, r3 = ep.rules(trailing, length + idx + 1, decoded)
+            last_emit = np.maximum.accumulate(np.where(emit, idx, -1))
+            last_label = np.where(last_emit >= 0, best[np.maximum(last_emit, 0)],
+                                  self.chars[-1][0] if self.chars else -1)
+            r1, r2, r3 = ep.rules(trailing, length + idx + 1, decoded, last_label)
             fired = r1 | r2 | r3
             if fired.any():
                 k = int(fired.argmax()) + 1
@@ -225,7 +235,8 @@ class _Beam:
             self._step(row, np.flatnonzero(keep[j]).tolist(), t)
             if ep is not None:
                 trailing = t - self.best[3] if self.best is not None else length + j + 1
-                reason = ep.reason(*ep.rules(trailing, length + j + 1, self.best is not None))
+                last_label = self.best[1] if self.best is not None else -1
+                reason = ep.reason(*ep.rules(trailing, length + j + 1, self.best is not None, last_label))
                 if reason:
                     return j + 1, reason
         return len(x), None
@@ -287,7 +298,8 @@ class CtcDecoder:
         self.vocab, self.frame_seconds, self.start_time = list(vocab), float(frame_seconds), float(start_time)
         self.method, self.beam, self.prune, self.blank = method, beam, float(prune), blank
         use = endpoint is not None and endpoint.enabled
-        self._endpointer = _Endpointer(endpoint, self.frame_seconds) if use else None
+        separator = self.vocab.index(" ") if " " in self.vocab else None
+        self._endpointer = _Endpointer(endpoint, self.frame_seconds, separator) if use else None
         self._search = self._new_search()
         self._frame = 0  # valid frames seen in the stream
         self._utt_start = 0  # frame where the open utterance starts

@@ -190,19 +190,29 @@ def test_rule1_fires_on_silence(method):
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
-def test_rule3_cuts_long_speech(method):
-    x = spelled("ab_" * 200, 4)  # 24 s without a pause
+def test_rule3_waits_for_a_word_boundary(method):
+    x = spelled("".join(c * 3 for c in "ab_ _") * 40, 4)  # 24 s of two-letter words without a pause, 15 frames each
     dec = CtcDecoder(VOCAB, method=method, start_time=1.0)
-    events = run_chunks(dec, x, 5)
-    first, second = finals(events)
-    assert (first["reason"], first["start"], first["end"]) == ("rule3", 1.0, 21.0)  # 500 frames
-    assert first["text"] == "ab" * 167 and second["text"] == "ab" * 33
+    first, second = finals(run_chunks(dec, x, 5))
+    # 20 s = 500 frames is reached on the "b" of word 34 (frames 498-500); its separator starts at frame 504.
+    assert (first["reason"], first["start"], first["end"]) == ("rule3", 1.0, 21.2)
+    assert first["text"] == " ".join(["ab"] * 34) and second["text"] == " ".join(["ab"] * 6)
     assert second["reason"] == "flush" and second["end"] == 25.0
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_rule3_cuts_anyway_at_one_and_a_half_times_without_a_boundary(method):
+    x = spelled("ab_" * 300, 4)  # 36 s without a word separator
+    dec = CtcDecoder(VOCAB, method=method, start_time=1.0)
+    first, second = finals(run_chunks(dec, x, 5))
+    assert (first["reason"], first["start"], first["end"]) == ("rule3", 1.0, 31.0)  # 750 frames
+    assert first["text"] == "ab" * 250 and second["text"] == "ab" * 50
+
+
 def test_greedy_keeps_a_label_held_over_an_endpoint():
-    cfg = EndpointConfig(rule3_min_utterance_length=0.2)  # 5 frames
-    events = CtcDecoder(VOCAB, endpoint=cfg).accept(spelled("abcddddefg"))
+    cfg = EndpointConfig(rule3_min_utterance_length=0.2)  # 5 frames; no separator: cut at 8 frames
+    dec = CtcDecoder(VOCAB, endpoint=cfg)
+    events = dec.accept(spelled("abcdddddddefg")) + dec.flush()
     assert [e["text"] for e in finals(events)] == ["abcd", "efg"]
 
 
