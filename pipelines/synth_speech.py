@@ -13,8 +13,9 @@ reverb (synthetic exponentially decaying impulse response) and/or additive white
 (other sentences spoken by other voices) at 5-25 dB SNR, then a random peak level.
 
 Splits (in ``--out``): ``train/`` (``--hours`` of audio), ``dev/`` and ``test/`` (``--heldout-fraction`` of
-that each), whose speakers (voice+variant combinations) never occur in train and whose sentences are
-not train sentences; ``test-longform/``: ``--longform-count`` recordings of ``--longform-minutes`` made by
+that each), whose voices never occur in train (whole variants, i.e. timbres, are held out: see
+``split_speakers``; the accents are shared) and whose sentences are not train sentences;
+``test-longform/``: ``--longform-count`` recordings of ``--longform-minutes`` made by
 ``longform_recordings`` from chapters of the test speakers (plus ``segments.tsv`` with each part's times).
 A chapter is a run of consecutive utterances (consecutive text) of one speaker. Each split folder has
 ``utterances.tsv`` (voice, speed, pitch, augmentation of every utterance); ``manifest.json`` holds counts,
@@ -127,6 +128,32 @@ def english_speakers() -> list[str]:
     variants = sorted({f[4][3:] for f in listing("variant") if f[4].startswith("!v/") and (len(f) == 5 or
                                                                                             f[5].startswith("("))})
     return [v + (f"+{var}" if var else "") for v in voices for var in ["", *variants]]
+
+
+def variant_of(speaker: str) -> str:
+    """The variant (timbre) of a ``voice+variant`` speaker; '' for a voice's own."""
+    return speaker.partition("+")[2]
+
+
+def split_speakers(speakers: list[str], perm: list[int], per_split: int,
+                   rng: np.random.Generator) -> tuple[list[int], list[int], list[int]]:
+    """Speaker indices of (dev, test, train): whole variants are held out.
+
+    A variant is a timbre (formants, breathiness, pitch range); the English voices are accents. Dev and test
+    each get their own tenth of the variants (at least one), and no train speaker has any of them, so a
+    held-out speaker's voice was never heard in training in any accent; the accents are shared, as
+    LibriSpeech's held-out speakers share its accents. ``per_split`` speakers are drawn per held-out split.
+    """
+    variants = sorted({variant_of(s) for s in speakers})
+    n = max(1, len(variants) // 10)
+    if len(variants) < 2 * n + 1:
+        raise ValueError(f"only {len(variants)} espeak-ng variants, too few to hold out 2 x {n}")
+    order = [variants[i] for i in rng.permutation(len(variants))]
+    dev_var, test_var = set(order[:n]), set(order[n:2 * n])
+    dev = [i for i in perm if variant_of(speakers[i]) in dev_var][:per_split]
+    test = [i for i in perm if variant_of(speakers[i]) in test_var][:per_split]
+    train = [i for i in perm if variant_of(speakers[i]) not in dev_var | test_var]
+    return dev, test, train
 
 
 def _espeak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
@@ -270,18 +297,17 @@ def synthesize(out: str | Path, hours: float, seed: int = 0, jobs: int = 1, held
     """Write the corpus into ``out`` (see the module docstring); returns the manifest."""
     out, start = Path(out), time.perf_counter()
     lo, hi = longform_minutes
-    if not (hours > 0 and 0 < lo <= hi and 0 <= augment <= 1 and heldout_voices >= 1 and longform_count >= 0):
+    if not (hours > 0 and 0 < lo <= hi and 0 <= augment <= 1 and heldout_voices >= 1 and longform_count >= 0
+            and 0 < heldout_fraction <= 10 and longform_gap >= 0):
         raise ValueError(f"bad settings: hours={hours}, longform_minutes={longform_minutes}, augment={augment}, "
-                         f"heldout_voices={heldout_voices}, longform_count={longform_count}")
+                         f"heldout_voices={heldout_voices}, longform_count={longform_count}, "
+                         f"heldout_fraction={heldout_fraction}, longform_gap={longform_gap}")
     speakers = english_speakers()
     entries = utterance_texts(fortune_entries(text_file))
     rng = np.random.default_rng(seed)
     texts = [t for i in rng.permutation(len(entries)) for t in entries[i]]
     perm = rng.permutation(len(speakers)).tolist()
-    if len(perm) < 2 * heldout_voices + 1:
-        raise ValueError(f"only {len(perm)} espeak-ng voices, too few to hold out 2 x {heldout_voices}")
-    h = heldout_voices
-    dev_ids, test_ids, train_ids = perm[:h], perm[h:2 * h], perm[2 * h:]
+    dev_ids, test_ids, train_ids = split_speakers(speakers, perm, heldout_voices, np.random.default_rng([seed, 6]))
     # Held-out sentences: the tail of the shuffled texts, sized for dev + test + long-form with a margin.
     per_text = 0.9 * np.mean([len(t.split()) for t in texts]) * 60 / 170
     need = (2 * heldout_fraction * hours * 3600 + longform_count * hi * 60) / per_text
@@ -357,7 +383,8 @@ def cli_synth_speech(argv: list[str]) -> int:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel espeak-ng workers")
     p.add_argument("--heldout-fraction", type=float, default=0.04,
                    help="dev and test hours, each, as a fraction of --hours")
-    p.add_argument("--heldout-voices", type=int, default=16, help="voice+variant speakers in dev and in test, each")
+    p.add_argument("--heldout-voices", type=int, default=16,
+                   help="speakers in dev and in test, each (their variants never occur in train)")
     p.add_argument("--longform-minutes", type=float, nargs=2, default=(5.0, 10.0), metavar=("MIN", "MAX"),
                    help="length of each test-longform recording")
     p.add_argument("--longform-count", type=int, default=6, help="test-longform recordings")

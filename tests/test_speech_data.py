@@ -26,7 +26,7 @@ from memstream.pipelines.speech_data import (
     read_corpus,
     write_longform,
 )
-from memstream.pipelines.synth_speech import FORTUNE_DIRS
+from memstream.pipelines.synth_speech import FORTUNE_DIRS, variant_of
 
 REALDATA = Path(__file__).parents[1] / ".." / "shared" / "realdata" / "asr"
 
@@ -220,6 +220,8 @@ def test_synth_speech_tiny_corpus(tmp_path, capsys):
     assert 0.0049 <= manifest["splits"]["train"]["hours"] < 0.01
     voices = {name: set(manifest["splits"][name]["voices"]) for name in splits}
     assert not voices["train"] & (voices["dev"] | voices["test"]) and not voices["dev"] & voices["test"]
+    variants = {name: {variant_of(v) for v in vs} for name, vs in voices.items()}  # whole timbres held out
+    assert not variants["train"] & (variants["dev"] | variants["test"]) and not variants["dev"] & variants["test"]
     assert not voices["test-longform"] & (voices["train"] | voices["dev"])  # long-form speaks with test voices
     assert all(6 <= u.duration <= 24 for u in splits["test-longform"])
     train_text = {u.text for u in splits["train"]}
