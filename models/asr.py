@@ -210,6 +210,11 @@ class AsrModel(nn.Module):
         """One segment of samples for every stream. x: (B, S), mask: (B, S) -> (log_probs (B, T, V), state)."""
         c = self.cfg
         b, s = x.shape
+        if s != c.segment_samples:
+            raise ValueError(f"AsrModel.step: a segment of {s} samples; the model takes {c.segment_samples} "
+                             f"({c.segment_samples / c.sample_rate:g} s at {c.sample_rate} Hz)")
+        if mask is not None and tuple(mask.shape) != (b, s):
+            raise ValueError(f"AsrModel.step: mask of shape {tuple(mask.shape)} for input {(b, s)}")
         if mask is None:
             mask = torch.ones(b, s, dtype=torch.bool, device=x.device)
         if reset is not None:
@@ -231,11 +236,14 @@ class AsrModel(nn.Module):
         extra = -audio.shape[1] % self.cfg.segment_samples
         return F.pad(audio, (0, extra)) if extra else audio
 
+    def frames(self, audio: Tensor) -> Tensor:
+        """audio: (B, N) from the stream's start -> analysis frames (B, N // hop, win), each ending at its hop."""
+        c = self.cfg
+        return F.pad(audio, (c.win - c.hop, 0)).unfold(1, c.win, c.hop)
+
     def features_sequence(self, audio: Tensor) -> Tensor:
         """audio: (B, N), N a multiple of the segment -> normalised log-mel (B, N / hop, n_mels)."""
-        c = self.cfg
-        frames = F.pad(audio, (c.win - c.hop, 0)).unfold(1, c.win, c.hop)
-        return self.features(frames)
+        return self.features(self.frames(audio))
 
     def encode(self, feats: Tensor, token_mask: Tensor) -> Tensor:
         """feats: (B, F, n_mels) from :meth:`features_sequence` (maybe augmented), token_mask: (B, F/4)

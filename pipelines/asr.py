@@ -24,18 +24,20 @@ import torch.nn.functional as F
 import torchaudio
 from memstream.memory import MEMORY_TYPES
 from memstream.models import build, list_models
-from memstream.models.asr import AsrModel
+from memstream.models.asr import SUBSAMPLING, AsrModel
 from memstream.pipelines.asr_task import (
     DEFAULT_ENDPOINT,
     MODEL_KIND,
     AsrTask,
     TranscriptLineSink,
     bundled_asr_dir,
+    export_metadata,
     load_asr_model,
 )
 from memstream.pipelines.speech_data import (
     BucketBatchSampler,
     Utterance,
+    collate,
     encode_text,
     load_audio,
     normalize_text,
@@ -46,8 +48,17 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 
+def ctc_frames_needed(ids: Sequence[int]) -> int:
+    """Output frames a CTC alignment of ``ids`` needs: one per label plus a blank between repeats."""
+    return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
+
+
 class AsrObjective:
     """CTC on whole utterances of ``utterances`` (see the module docstring); audio decoded once and cached.
+
+    Targets are ids in the model's own vocabulary. Utterances whose text cannot be aligned to their frames
+    (speech faster than one character per 40 ms frame) are left out with a warning: CTC would give them an
+    infinite loss (``skipped_too_fast`` counts them).
 
     Args:
         max_batch_seconds: padded audio per batch (batch size x longest utterance), seconds.
@@ -58,12 +69,25 @@ class AsrObjective:
     def __init__(self, model: AsrModel, utterances: Sequence[Utterance], *, max_batch_seconds: float = 160.0,
                  freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2, time_width: int = 40,
                  extra_config: dict | None = None) -> None:
-        if not utterances:
+        if not max_batch_seconds > 0:
+            raise ValueError(f"AsrObjective: max_batch_seconds={max_batch_seconds} must be positive")
+        self.model_cfg = cfg = model.cfg
+        samples_per_frame = cfg.segment_samples // cfg.core.segment
+        kept, self.targets = [], []
+        for u in utterances:
+            ids = encode_text(normalize_text(u.text), cfg.vocab)
+            frames = -(-round((u.duration or 0.0) * cfg.sample_rate) // samples_per_frame)
+            if ids and ctc_frames_needed(ids) <= frames:
+                kept.append(u)
+                self.targets.append(ids)
+        self.skipped_too_fast = len(utterances) - len(kept)
+        if self.skipped_too_fast:
+            log.warning("AsrObjective: %d of %d utterances left out: empty text, or more characters than %d ms "
+                        "frames", self.skipped_too_fast, len(utterances), 1000 * samples_per_frame // cfg.sample_rate)
+        if not kept:
             raise ValueError("AsrObjective: no training utterances")
-        self.model_cfg = model.cfg
-        self.utterances = list(utterances)
-        self.targets = [encode_text(normalize_text(u.text)) for u in self.utterances]
-        self.durations = [float(u.duration or 0.0) for u in self.utterances]
+        self.utterances = kept
+        self.durations = [float(u.duration or 0.0) for u in kept]
         self.max_batch_seconds = max_batch_seconds
         self.spec = (freq_masks, freq_width, time_masks, time_width)
         self.extra_config = extra_config or {}
@@ -80,13 +104,8 @@ class AsrObjective:
         sampler = BucketBatchSampler(self.durations, self.max_batch_seconds, rank=rank, world=world, seed=seed)
         sampler.set_epoch(epoch)
         for indices in sampler:
-            clips = [self.audio(i) for i in indices]
-            audio = torch.zeros(len(clips), max(len(c) for c in clips))
-            for row, c in enumerate(clips):
-                audio[row, :len(c)] = torch.from_numpy(c.astype(np.float32) / 32768.0)
-            targets = [torch.tensor(self.targets[i], dtype=torch.long) for i in indices]
-            yield (audio, torch.tensor([len(c) for c in clips]), torch.cat(targets),
-                   torch.tensor([len(t) for t in targets]))
+            yield collate([(torch.from_numpy(self.audio(i).astype(np.float32) / 32768.0),
+                            torch.tensor(self.targets[i], dtype=torch.long)) for i in indices])
 
     def windows(self, batch) -> int:
         return 1
@@ -105,16 +124,17 @@ class AsrObjective:
         return x.squeeze(1).transpose(1, 2)
 
     def loss(self, model: AsrModel, batch, window: int, state) -> tuple[Tensor, None, dict[str, float]]:
-        audio, lengths, targets, target_lengths = batch
+        device = next(model.parameters()).device
+        audio, lengths, targets, target_lengths = (t.to(device) for t in batch)
         feats = model.features_sequence(model.pad(audio))
         if model.training:
             feats = self.augment(feats)
-        mask = model.token_mask(lengths, feats.shape[1] // 4)
+        mask = model.token_mask(lengths, feats.shape[1] // SUBSAMPLING)
         log_probs = model.encode(feats, mask)
-        frames = mask.sum(1)
-        loss = F.ctc_loss(log_probs.transpose(0, 1), targets, frames, target_lengths, blank=0, reduction="mean",
-                          zero_infinity=True)
-        return loss, None, {"samples": float(len(lengths)), "audio_seconds": float(lengths.sum()) / 16000.0}
+        loss = F.ctc_loss(log_probs.transpose(0, 1), targets, mask.sum(1), target_lengths, blank=0,
+                          reduction="mean", zero_infinity=True)
+        return loss, None, {"samples": float(len(lengths)),
+                            "audio_seconds": float(lengths.sum()) / self.model_cfg.sample_rate}
 
     def checkpoint_config(self) -> dict:
         return {"model": MODEL_KIND, "config": self.model_cfg.to_dict(), "vocabulary": list(self.model_cfg.vocab),
@@ -128,11 +148,9 @@ def feature_stats(model: AsrModel, objective: AsrObjective, utterances: int = 40
     g = np.random.default_rng(seed)
     picks = g.choice(len(objective.utterances), size=min(utterances, len(objective.utterances)), replace=False)
     total, total_sq, count = 0.0, 0.0, 0
-    c = model.cfg
     for i in picks.tolist():
         x = torch.from_numpy(objective.audio(i).astype(np.float32) / 32768.0).unsqueeze(0)
-        frames = F.pad(x, (c.win - c.hop, 0)).unfold(1, c.win, c.hop)
-        raw = model.features.raw(frames)[0].double()
+        raw = model.features.raw(model.frames(x))[0].double()
         total, total_sq, count = total + raw.sum(0), total_sq + (raw * raw).sum(0), count + raw.shape[0]
     mean = total / count
     std = (total_sq / count - mean * mean).clamp(min=1e-6).sqrt()
@@ -153,49 +171,65 @@ def cli_train(argv: list[str]) -> int:
     p.add_argument("--full-context", action="store_true",
                    help="the full-attention baseline: attends over whole utterances, no memory, no streaming")
     p.add_argument("--out", required=True, help="output folder: checkpoint, train_log.jsonl, trainer state")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-seconds", type=float, default=160.0, help="padded audio seconds per batch")
     p.add_argument("--max-utterance-seconds", type=float, default=20.0, help="skip longer training utterances")
-    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=0, help="steps between dev evaluations (needs --dev)")
     p.add_argument("--dev-limit", type=int, default=200, help="dev utterances used for the logged WER")
+    p.add_argument("--log-every", type=int, default=50, help="steps per train_log.jsonl record")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (default: torch's)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
     p.add_argument("--no-specaugment", action="store_true")
     args = p.parse_args(argv)
+    for flag, value in (("--batch-seconds", args.batch_seconds), ("--max-utterance-seconds",
+                                                                   args.max_utterance_seconds),
+                        ("--dev-limit", args.dev_limit)):
+        if not value > 0:
+            raise ValueError(f"{flag} {value}: must be positive")
+    if args.eval_every and not args.dev:
+        raise ValueError("--eval-every needs --dev (the corpus to evaluate)")
     torch.manual_seed(args.seed)
     overrides = {"memory": args.memory} if args.memory else {}
     if args.full_context:
         if args.memory not in (None, "none"):
             raise ValueError(f"--full-context has no memory; drop --memory {args.memory}")
         overrides = {"memory": "none", "full_context": True}
-    model = build(args.preset, **overrides)
-    utterances = [u for u in read_corpus(args.data) if (u.duration or 0) <= args.max_utterance_seconds]
+    model = build(args.preset, **overrides).to(args.device)
+    corpus = read_corpus(args.data)
+    utterances = [u for u in corpus if (u.duration or 0) <= args.max_utterance_seconds]
+    if not utterances:
+        raise ValueError(f"{args.data}: none of its {len(corpus)} utterances is within --max-utterance-seconds "
+                         f"{args.max_utterance_seconds}")
     dev = read_corpus(args.dev)[: args.dev_limit] if args.dev else None
     command = "memstream train asr " + " ".join(argv)
     spec = {"freq_masks": 0, "time_masks": 0} if args.no_specaugment else {}
     objective = AsrObjective(model, utterances, max_batch_seconds=args.batch_seconds,
                              extra_config={"preset": args.preset, "command": command,
                                            "corpus": str(Path(args.data).resolve())}, **spec)
-    start = time.perf_counter()
-    mean, std = feature_stats(model, objective)
-    model.features.mean.copy_(mean)
-    model.features.std.copy_(std)
-    log.info("feature statistics from the corpus in %.1f s", time.perf_counter() - start)
+    resuming = not args.no_resume and (Path(args.out) / "trainer_state.json").is_file()
+    if not resuming:  # a resumed run loads the statistics with the weights
+        start = time.perf_counter()
+        mean, std = feature_stats(model, objective)
+        model.features.mean.copy_(mean)
+        model.features.std.copy_(std)
+        log.info("feature statistics from the corpus in %.1f s", time.perf_counter() - start)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, eval_every=args.eval_every, seed=args.seed, threads=args.threads,
-                      checkpoint_every=max(100, args.steps // 10))
+                      log_every=args.log_every, checkpoint_every=max(100, args.steps // 10))
     evaluate = (lambda m: evaluate_sequences(m, dev)) if dev else None
     summary = train(model, objective, cfg, args.out, resume=not args.no_resume, evaluate=evaluate)
-    summary["utterances"] = len(utterances)
-    summary["hours"] = round(sum(objective.durations) / 3600, 3)
+    summary.update(utterances=len(objective.utterances), skipped_too_fast=objective.skipped_too_fast,
+                   skipped_too_long=len(corpus) - len(utterances),
+                   hours=round(sum(objective.durations) / 3600, 3))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary
         print(json.dumps(summary))
     return 0
 
 
 def cli_export(argv: list[str]) -> int:
-    from memstream.export import DEFAULT_OPSET, FALLBACK_OPSET, export_step
+    from memstream.export import DEFAULT_OPSET, FALLBACK_OPSET
 
     p = argparse.ArgumentParser(prog="memstream export asr", description=(
         "Export the ASR step (16 kHz samples + state -> CTC log-probs + state) to one ONNX graph."))
@@ -206,19 +240,20 @@ def cli_export(argv: list[str]) -> int:
     model, _ = load_asr_model(args.checkpoint)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    proto = export_step(model, out, torch.zeros(2, model.cfg.segment_samples), opset=args.opset,
-                        metadata=export_metadata(model))
+    proto = export_asr(model, out, opset=args.opset)
     print(json.dumps({"onnx": str(out), "opset": args.opset, "segment_samples": model.cfg.segment_samples,
                       "inputs": [i.name for i in proto.graph.input], "outputs": [o.name for o in proto.graph.output],
                       "bytes": out.stat().st_size}))
     return 0
 
 
-def export_metadata(model: AsrModel) -> dict:
-    c = model.cfg
-    return {"task": "asr", "kind": "audio", "rate": c.sample_rate, "segment_size": c.segment_samples,
-            "sample_rate": c.sample_rate, "segment_seconds": c.segment_samples / c.sample_rate,
-            "frame_seconds": c.frame_seconds, "vocabulary": list(c.vocab)}
+def export_asr(model: AsrModel, path: str | Path, opset: int | None = None):
+    """The ASR step as one ONNX graph (samples + state -> CTC log-probs + state) with the metadata a runtime
+    and a decoder need (sample rate, segment, frame timing, vocabulary). Returns the ONNX model proto."""
+    from memstream.export import DEFAULT_OPSET, export_step
+
+    return export_step(model, path, torch.zeros(2, model.cfg.segment_samples), opset=opset or DEFAULT_OPSET,
+                       metadata=export_metadata(model))
 
 
 RUN_EXAMPLES = """\

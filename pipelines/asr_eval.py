@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jiwer
 import torch
-from memstream.pipelines.asr_task import DEFAULT_ENDPOINT, AsrTask, load_asr_model, transcribe
+from memstream.pipelines.asr_task import DEFAULT_ENDPOINT, AsrTask, check_onnx_matches, load_asr_model, transcribe
 from memstream.pipelines.ctc import greedy_decode
 from memstream.pipelines.speech_data import Utterance, load_audio, normalize_text, read_corpus
 
@@ -57,7 +57,10 @@ def evaluate_sequences(model, utterances: Sequence[Utterance], batch: int = 16) 
         audio = torch.zeros(len(clips), max(len(c) for c in clips))
         for row, c in enumerate(clips):
             audio[row, :len(c)] = torch.from_numpy(c)
-        log_probs, valid = model.forward_sequence(audio, torch.tensor([len(c) for c in clips]))
+        device = next(model.parameters()).device
+        lengths = torch.tensor([len(c) for c in clips], device=device)
+        log_probs, valid = model.forward_sequence(audio.to(device), lengths)
+        log_probs, valid = log_probs.cpu(), valid.cpu()
         for row, u in enumerate(group):
             hyps.append(greedy_decode(log_probs[row, :int(valid[row].sum())].numpy(), vocab))
             refs.append(u.text)
@@ -146,7 +149,8 @@ def plot_wer_by_length(result: dict, path: str | Path, title: str = "WER by utte
 
 
 def backend_for(model, kind: str, onnx_path: str | None = None, threads: int | None = None):
-    """``torch`` or ``onnx`` (exported to a temporary file unless ``onnx_path`` is given)."""
+    """``torch`` or ``onnx`` (exported to a temporary file unless ``onnx_path`` is given; a given graph must
+    match ``model``'s vocabulary, segment and frame timing, which the task decodes with)."""
     from memstream.export import OnnxBackend, TorchBackend
 
     if kind == "torch":
@@ -154,12 +158,13 @@ def backend_for(model, kind: str, onnx_path: str | None = None, threads: int | N
     if onnx_path is None:
         import tempfile
 
-        from memstream.export import export_step
-        from memstream.pipelines.asr import export_metadata
+        from memstream.pipelines.asr import export_asr
 
         onnx_path = str(Path(tempfile.mkdtemp(prefix="memstream-asr-")) / "asr.onnx")
-        export_step(model, onnx_path, torch.zeros(2, model.cfg.segment_samples), metadata=export_metadata(model))
-    return OnnxBackend(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
+        export_asr(model, onnx_path)
+    backend = OnnxBackend(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
+    check_onnx_matches(backend, model, onnx_path)
+    return backend
 
 
 def cli_eval(argv: list[str]) -> int:
@@ -179,6 +184,12 @@ def cli_eval(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object (default: a short report)")
     p.add_argument("--details", help="write per-utterance reference/hypothesis JSON Lines here")
     args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: must be >= 1")
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: must be >= 1")
+    if args.onnx and args.backend != "onnx":
+        raise ValueError("--onnx FILE needs --backend onnx")
     torch.set_num_threads(args.threads)
     utterances = read_corpus(args.data)[: args.limit]
     model, _ = load_asr_model(args.checkpoint)

@@ -43,6 +43,26 @@ def load_asr_model(directory: str | Path | None = None) -> tuple[AsrModel, dict]
     return load_weights(directory, model).eval(), config
 
 
+def export_metadata(model: AsrModel) -> dict:
+    """What a runtime and a decoder need besides the graph: sample rate, segment, frame timing, vocabulary."""
+    c = model.cfg
+    return {"task": "asr", "kind": "audio", "rate": c.sample_rate, "segment_size": c.segment_samples,
+            "sample_rate": c.sample_rate, "segment_seconds": c.segment_samples / c.sample_rate,
+            "frame_seconds": c.frame_seconds, "vocabulary": list(c.vocab)}
+
+
+def check_onnx_matches(backend, model, path) -> None:
+    """Refuse an exported ASR graph whose metadata disagrees with the model the decoder is built from."""
+    meta, cfg = backend.metadata, model.cfg
+    expected = {"task": "asr", "vocabulary": list(cfg.vocab), "segment": cfg.segment_samples,
+                "frame_seconds": cfg.frame_seconds, "sample_rate": cfg.sample_rate}
+    wrong = [k for k, v in expected.items() if meta.get(k) != v]
+    if wrong:
+        raise ValueError(f"{path}: ONNX metadata {', '.join(f'{k}={meta.get(k)!r}' for k in wrong)} does not match "
+                         f"the checkpoint ({', '.join(f'{k}={expected[k]!r}' for k in wrong)}); export it from the "
+                         "same checkpoint with `memstream export asr --checkpoint ...`")
+
+
 class _AsrDecoder:
     """Runner decoder: one :class:`CtcDecoder` per stream, started at the stream's first segment time."""
 
@@ -109,6 +129,13 @@ class AsrTask:
 
     def new_decoder(self, stream_id: str) -> _AsrDecoder:
         return _AsrDecoder(self)
+
+    def export_metadata(self) -> dict:
+        return export_metadata(self.model)
+
+    def check_backend(self, backend, path) -> None:
+        """An ONNX graph given by the user must match the model the decoder was built from."""
+        check_onnx_matches(backend, self.model, path)
 
 
 class TranscriptLineSink:

@@ -135,10 +135,15 @@ def onnx_backend(task, path: str | Path, device: str = "cpu", export: bool = Tru
     if export:
         path.parent.mkdir(parents=True, exist_ok=True)
         x, _ = task.encode([_dummy_segment(task)] * 2)
-        export_step(task.model, path, x, metadata={"task": task.name, "kind": task.kind, "rate": task.rate,
-                                                   "segment_size": task.segment_size})
+        metadata = {"task": task.name, "kind": task.kind, "rate": task.rate, "segment_size": task.segment_size}
+        if hasattr(task, "export_metadata"):
+            metadata.update(task.export_metadata())
+        export_step(task.model, path, x, metadata=metadata)
     providers = ["CPUExecutionProvider"] if str(device) == "cpu" else None
-    return OnnxBackend(path, providers=providers)
+    backend = OnnxBackend(path, providers=providers)
+    if hasattr(task, "check_backend"):
+        task.check_backend(backend, path)
+    return backend
 
 
 def add_run_arguments(p) -> None:

@@ -30,11 +30,11 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
+from memstream.models.asr import CHARS
 
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".opus")
-VOCAB: list[str] = ["<b>", " ", "'", *"abcdefghijklmnopqrstuvwxyz"]
+VOCAB: list[str] = list(CHARS)  # the ASR model's character set: blank, space, apostrophe, a-z
 BLANK = 0
-_INDEX = {c: i for i, c in enumerate(VOCAB)}
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 
 
@@ -182,12 +182,13 @@ def normalize_text(s: str) -> str:
     return " ".join(s.split())
 
 
-def encode_text(s: str) -> list[int]:
-    """Normalised text -> VOCAB ids (no blanks); a character outside VOCAB is an error."""
+def encode_text(s: str, vocab: Sequence[str] = VOCAB) -> list[int]:
+    """Normalised text -> ids in ``vocab`` (no blanks); a character outside it is an error."""
+    index = {c: i for i, c in enumerate(vocab)}
     try:
-        return [_INDEX[c] for c in s]
+        return [index[c] for c in s]
     except KeyError as e:
-        raise ValueError(f"character {e.args[0]!r} is not in VOCAB; pass normalize_text(s)") from None
+        raise ValueError(f"character {e.args[0]!r} is not in the vocabulary; pass normalize_text(s)") from None
 
 
 def decode_ids(ids: Sequence[int]) -> str:

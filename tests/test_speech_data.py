@@ -122,7 +122,7 @@ def test_normalize_encode_decode():
     ids = encode_text(text)
     assert 0 not in ids and decode_ids(ids) == text
     assert decode_ids([0, ids[0], 0]) == text[0]
-    with pytest.raises(ValueError, match="'!' is not in VOCAB"):
+    with pytest.raises(ValueError, match="'!' is not in the vocabulary"):
         encode_text("hi!")
 
 
