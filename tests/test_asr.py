@@ -182,3 +182,44 @@ def test_data_longform_joins_each_chapter(corpus, tmp_path, capsys):
     assert sum(len(r.text.split()) for r in recordings) == sum(len(u.text.split()) for u in source)
     assert cli.main(["data", "longform", "--data", str(corpus / "train"), "--out", str(out)]) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+from safetensors.torch import save_file
+from memstream.models import build
+from memstream.pipelines.asr import AsrObjective
+from memstream.pipelines.speech_data import read_corpus
+from memstream.pipelines.train import TrainConfig, train
+
+torch.manual_seed(int(os.environ["RANK"]))  # different starting weights: rank 0's must reach every rank
+model = build("asr-small", dim=32, heads=2, layers=1, channels=4)
+objective = AsrObjective(model, read_corpus(sys.argv[1]), max_batch_seconds=20.0)
+train(model, objective, TrainConfig(steps=3, lr=1e-3, log_every=1), sys.argv[2], progress=False)
+save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+          os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.safetensors"))
+"""
+
+
+@needs_synth
+def test_two_processes_train_asr_to_identical_weights(corpus, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(port),
+               str(script), str(corpus / "train"), str(tmp_path / "out")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    w0, w1 = load_file(tmp_path / "out" / "rank0.safetensors"), load_file(tmp_path / "out" / "rank1.safetensors")
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["world"] == 2
