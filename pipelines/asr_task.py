@@ -184,7 +184,7 @@ class TranscriptLineSink:
 
 
 @torch.inference_mode()
-def transcribe(backend, audio: np.ndarray, task: AsrTask, *, batch_rows: int = 1) -> dict:
+def transcribe(backend, audio: np.ndarray, task: AsrTask) -> dict:
     """One recording (N,) float32 at the model's rate through ``backend.step`` segment by segment.
 
     Returns ``{"text", "words": [...], "finals": [...]}``: the text is the finals joined by spaces (the
