@@ -30,10 +30,19 @@ def asr_demo(threads: int = 2) -> int:
     print(f"Streaming speech recognition: {sample.name}, 640 ms segments, bundled asr-small "
           f"({task.model.cfg.core.memory} memory), greedy CTC with endpointing")
     sink = TranscriptLineSink(sys.stdout)
-    finals, seconds, start = [], 0.0, time.perf_counter()
-    for result in stream(task, str(sample), sinks=[sink]):
+    finals: list[str] = []
+
+    class Finals:  # the stream's last utterance is finalised when it ends, outside any step's result
+        def write(self, event: dict) -> None:
+            if event.get("type") == "final" and event.get("text"):
+                finals.append(event["text"])
+
+        def close(self) -> None:
+            pass
+
+    seconds, start = 0.0, time.perf_counter()
+    for result in stream(task, str(sample), sinks=[sink, Finals()]):
         seconds = max(seconds, result.end)
-        finals += [e["text"] for e in result.events if e["type"] == "final" and e["text"]]
     sink.close()
     wall = time.perf_counter() - start
     hypothesis = " ".join(finals)

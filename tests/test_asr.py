@@ -223,3 +223,17 @@ def test_two_processes_train_asr_to_identical_weights(corpus, tmp_path):
     w0, w1 = load_file(tmp_path / "out" / "rank0.safetensors"), load_file(tmp_path / "out" / "rank1.safetensors")
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["world"] == 2
+
+
+def test_demo_transcribes_the_bundled_sample(capsys):
+    from memstream.pipelines.asr import bundled_sample
+
+    if not bundled_sample().is_file():
+        pytest.skip("no bundled ASR sample")
+    assert cli.main(["demo", "--only", "asr", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    hypothesis = next(line for line in out.splitlines() if line.startswith("hypothesis:"))
+    reference = (bundled_sample().parent / "sample.txt").read_text()
+    # The whole recording is decoded (the last utterance is finalised at the end of the stream).
+    assert error_rates([reference], [hypothesis.removeprefix("hypothesis:")])["cer"] < 0.3
+    assert "WER" in out
