@@ -8,6 +8,13 @@ from dataclasses import dataclass
 MEMORY_TYPES = ("queue", "tokens", "slots", "knn", "ntm", "none")
 
 
+def check_known_fields(cls: type, d: dict) -> None:
+    """A saved config with fields the dataclass ``cls`` does not have fails, naming them."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+
+
 @dataclass(frozen=True)
 class CoreConfig:
     """Hyper-parameters of :class:`memstream.memory.MemoryCore`.
@@ -121,8 +128,5 @@ class CoreConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> CoreConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"CoreConfig: unknown field(s) {', '.join(unknown)}")
+        check_known_fields(cls, d)
         return cls(**d)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 from memstream.memory import CoreConfig, MemoryCore, reset_state
+from memstream.memory.config import check_known_fields
 from memstream.models.registry import register_model
 from torch import Tensor, nn
 
@@ -112,10 +113,7 @@ class AsrConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> AsrConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"AsrConfig: unknown field(s) {', '.join(unknown)}")
+        check_known_fields(cls, d)
         return cls(**{**d, "core": CoreConfig.from_dict(d["core"])})
 
 
