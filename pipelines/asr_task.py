@@ -145,24 +145,28 @@ class TranscriptLineSink:
     only the finals are written, one per line. With several streams each line starts with the stream id.
     """
 
-    def __init__(self, file: IO[str] | None = None, width: int = 100) -> None:
+    def __init__(self, file: IO[str] | None = None, width: int | None = None) -> None:
+        import shutil
+
         self.file = file if file is not None else sys.stderr
-        self.width = width
+        # A rewritten line must fit the terminal: a wrapped line cannot be rewritten with a carriage return.
+        self.width = width or max(20, shutil.get_terminal_size((100, 24)).columns - 1)
         self._open = False
         self._streams: set[str] = set()
         # Not a terminal (a log file, a pipe): finished utterances only, one per line, no control codes.
         self.tty = hasattr(self.file, "isatty") and self.file.isatty()
         self._clear = "\r\033[K" if self.tty else ""
 
-    def _line(self, event: dict, text: str) -> str:
+    def _line(self, event: dict, text: str, clip: bool) -> str:
+        """The stream prefix and the text; a rewritten line keeps its last ``width`` characters."""
         self._streams.add(event.get("stream", ""))
         prefix = f"[{event['stream']}] " if len(self._streams) > 1 and event.get("stream") else ""
-        return (prefix + text)[-self.width:]
+        return prefix + (text[-self.width:] if clip else text)
 
     def write(self, event: dict) -> None:
         kind = event.get("type")
         if kind == "partial" and self.tty:
-            self.file.write(self._clear + self._line(event, event["text"]))
+            self.file.write(self._clear + self._line(event, event["text"], clip=True))
             self._open = True
         elif kind == "final" and not event.get("text"):  # an endpoint in silence: clear the line
             if self._open:
@@ -170,7 +174,8 @@ class TranscriptLineSink:
                 self._open = False
         elif kind == "final":
             start, end = event.get("start", 0.0), event.get("end", 0.0)
-            self.file.write(self._clear + self._line(event, f"[{start:7.2f}-{end:7.2f}] {event['text']}") + "\n")
+            self.file.write(self._clear + self._line(event, f"[{start:7.2f}-{end:7.2f}] {event['text']}", clip=False)
+                            + "\n")
             self._open = False
         else:
             return

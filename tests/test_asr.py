@@ -69,6 +69,14 @@ def test_transcript_sink_rewrites_one_line_on_a_terminal_and_writes_finals_elsew
         sink.close()
     assert tty.getvalue().count("\r") == 3 and tty.getvalue().endswith("hello\n")
     assert plain.getvalue() == "[   0.00-   1.00] hello\n"
+    long = " ".join(["word"] * 60)
+    narrow, plain = Tty(), io.StringIO()
+    for file in (narrow, plain):
+        sink = TranscriptLineSink(file, width=40)
+        sink.write({"type": "partial", "text": long})
+        sink.write({"type": "final", "text": long, "start": 0.0, "end": 9.0})
+    assert narrow.getvalue().startswith("\r\033[K" + long[-40:] + "\r")  # the live line fits the terminal
+    assert plain.getvalue() == f"[   0.00-   9.00] {long}\n"  # a finished utterance is never cut
 
 
 def test_streamed_transcript_equals_offline_greedy_decoding():
