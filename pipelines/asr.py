@@ -141,6 +141,16 @@ class AsrObjective:
                 **self.extra_config}
 
 
+def corpus_fingerprint(utterances: Sequence[Utterance]) -> str:
+    """SHA-256 of the utterance ids, texts and durations: what a resumed run must see again."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for u in utterances:
+        h.update(f"{u.id}\t{u.text}\t{u.duration or 0.0:.3f}\n".encode())
+    return h.hexdigest()
+
+
 @torch.no_grad()
 def feature_stats(model: AsrModel, objective: AsrObjective, utterances: int = 400,
                   seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -206,10 +216,16 @@ def cli_train(argv: list[str]) -> int:
     dev = read_corpus(args.dev)[: args.dev_limit] if args.dev else None
     command = "memstream train asr " + " ".join(argv)
     spec = {"freq_masks": 0, "time_masks": 0} if args.no_specaugment else {}
-    objective = AsrObjective(model, utterances, max_batch_seconds=args.batch_seconds,
-                             extra_config={"preset": args.preset, "command": command,
-                                           "corpus": str(Path(args.data).resolve())}, **spec)
+    fingerprint = corpus_fingerprint(utterances)
     resuming = not args.no_resume and (Path(args.out) / "trainer_state.json").is_file()
+    if resuming:  # a resume replays the batch order: it must see the same utterances
+        saved = json.loads((Path(args.out) / "config.json").read_text()).get("corpus_fingerprint")
+        if saved is not None and saved != fingerprint:
+            raise ValueError(f"--out {args.out} was trained on another corpus (or --max-utterance-seconds); "
+                             "resuming would change the batch order: use a new --out or --no-resume")
+    objective = AsrObjective(model, utterances, max_batch_seconds=args.batch_seconds,
+                             extra_config={"preset": args.preset, "command": command, "corpus_fingerprint": fingerprint,
+                                           "corpus": str(Path(args.data).resolve())}, **spec)
     if not resuming:  # a resumed run loads the statistics with the weights
         start = time.perf_counter()
         mean, std = feature_stats(model, objective)

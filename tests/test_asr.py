@@ -138,6 +138,17 @@ def test_train_writes_a_checkpoint_that_learns(trained):
     assert config["model"] == "asr" and "memstream train asr" in config["command"]
     assert not torch.allclose(model.features.mean, torch.zeros_like(model.features.mean))  # corpus statistics
     assert any("eval" in r for r in records)
+    assert len(config["corpus_fingerprint"]) == 64
+
+
+@needs_synth
+def test_resume_on_another_corpus_is_refused(trained, corpus, tmp_path, capsys):
+    import shutil as sh
+
+    copy = tmp_path / "run"
+    sh.copytree(trained, copy)
+    code = cli.main(["train", "asr", "--data", str(corpus / "dev"), "--out", str(copy), "--steps", "14"])
+    assert code == 2 and "trained on another corpus" in capsys.readouterr().err
 
 
 @needs_synth
