@@ -142,6 +142,18 @@ def test_train_writes_a_checkpoint_that_learns(trained):
 
 
 @needs_synth
+def test_objective_batches_are_the_same_with_and_without_the_audio_cache(corpus):
+    from memstream.pipelines.asr import AsrObjective
+
+    model = tiny_asr()
+    utterances = read_corpus(corpus / "train")
+    cached, fresh = (AsrObjective(model, utterances, max_batch_seconds=30.0, cache_audio=c) for c in (True, False))
+    for a, b in zip(cached.batches(0, 1, 0, 0), fresh.batches(0, 1, 0, 0), strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert len(cached._audio) == len(cached.utterances) and not fresh._audio
+
+
+@needs_synth
 def test_resume_on_another_corpus_is_refused(trained, corpus, tmp_path, capsys):
     import shutil as sh
 
