@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from memstream.pipelines.asr_eval import backend_for, error_rates, evaluate
+from memstream.pipelines.asr_eval import backend_for, error_rates, evaluate, evaluate_sequences
 from memstream.pipelines.asr_task import DEFAULT_ENDPOINT, AsrTask, load_asr_model, transcribe
-from memstream.pipelines.ctc import greedy_decode
+from memstream.pipelines.core_bench import rss_mb
 from memstream.pipelines.speech_data import Utterance, load_audio, read_corpus
 
 REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata" / "asr"
@@ -73,26 +72,13 @@ def longform_parts(folder: str | Path, out: str | Path) -> list[Utterance]:
     return parts
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-@torch.no_grad()
 def full_attention_wer(model, utterances) -> dict:
-    """The full-attention baseline over each whole recording at once, greedy CTC."""
-    refs, hyps = [], []
-    for u in utterances:
-        audio = torch.from_numpy(load_audio(u.path, model.cfg.sample_rate)).unsqueeze(0)
-        log_probs, valid = model.forward_sequence(audio)
-        hyps.append(greedy_decode(log_probs[0, :int(valid.sum())].numpy(), list(model.cfg.vocab)))
-        refs.append(u.text)
-    return error_rates(refs, hyps)
+    """The full-attention baseline over each whole recording at once (one per batch, so no padding), greedy."""
+    return evaluate_sequences(model, utterances, batch=1)
 
 
-def streamed_wer(model, utterances, backend=None) -> dict:
-    task = AsrTask(model, endpoint=DEFAULT_ENDPOINT)
-    return evaluate(backend or backend_for(model, "torch"), task, utterances)
+def streamed_wer(model, utterances) -> dict:
+    return evaluate(backend_for(model, "torch"), AsrTask(model, endpoint=DEFAULT_ENDPOINT), utterances)
 
 
 def _pocketsphinx_decode(decoder, audio: np.ndarray) -> str:

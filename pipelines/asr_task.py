@@ -8,6 +8,7 @@ whole recording through the same step, for evaluation.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import IO
@@ -146,8 +147,6 @@ class TranscriptLineSink:
     """
 
     def __init__(self, file: IO[str] | None = None, width: int | None = None) -> None:
-        import shutil
-
         self.file = file if file is not None else sys.stderr
         # A rewritten line must fit the terminal: a wrapped line cannot be rewritten with a carriage return.
         self.width = width or max(20, shutil.get_terminal_size((100, 24)).columns - 1)
