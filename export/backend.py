@@ -42,7 +42,7 @@ class TorchBackend:
 
 
 def _numpy_dtype(name: str) -> np.dtype:
-    return {"float32": np.float32, "float16": np.float16, "int64": np.int64, "bool": np.bool_}[name]
+    return {"float32": np.float32, "float16": np.float16, "int64": np.int64, "bool": np.bool_, "uint8": np.uint8}[name]
 
 
 def available_providers(preferred: Sequence[str] = PREFERRED_PROVIDERS) -> list[str]:

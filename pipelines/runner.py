@@ -170,7 +170,8 @@ class StreamRunner:
         task = self.task
         if info.kind == "audio":
             return AudioSegmenter(task.segment_size, int(task.rate), int(round(info.rate)), info.channels)
-        return VideoSegmenter(task.segment_size, task.frame_size, info.rate or task.rate)
+        return VideoSegmenter(task.segment_size, task.frame_size, info.rate or task.rate,
+                              sample_fps=getattr(task, "sample_fps", None))
 
     def _put(self, st: _Stream, segment: Segment) -> bool:
         with self._lock:

@@ -128,14 +128,23 @@ class VideoSegmenter:
         frames_per_segment: frames per segment.
         size: (height, width) every frame is resized to; None keeps the first frame's size, and a
             resolution change later in the stream is resized to it (logged once).
+        rate: the source's frame rate.
+        sample_fps: keep frames at this rate (by their timestamps: the first frame at or after each tick of
+            ``1 / sample_fps`` from the stream's first frame); None keeps every frame. Segments then run at
+            ``sample_fps``. A source slower than ``sample_fps`` keeps all its frames.
     """
 
-    def __init__(self, frames_per_segment: int, size: tuple[int, int] | None = None, rate: float = 30.0) -> None:
+    def __init__(self, frames_per_segment: int, size: tuple[int, int] | None = None, rate: float = 30.0,
+                 sample_fps: float | None = None) -> None:
         if frames_per_segment <= 0:
             raise ValueError(f"frames_per_segment={frames_per_segment} must be positive")
+        if sample_fps is not None and not sample_fps > 0:
+            raise ValueError(f"sample_fps={sample_fps} must be positive")
         self.frames_per_segment = frames_per_segment
         self.size = size
-        self.rate = rate
+        self.rate = float(sample_fps) if sample_fps else rate
+        self.sample_fps = sample_fps
+        self._next: float | None = None  # the next sampling tick (stream time)
         self._frames: list[np.ndarray] = []
         self._times: list[float] = []
         self._index = 0
@@ -169,6 +178,15 @@ class VideoSegmenter:
 
     def push(self, frame: np.ndarray, time: float) -> list[Segment]:
         """One frame with its stream time -> the segment it completes, if any."""
+        if self.sample_fps:
+            period = 1.0 / self.sample_fps
+            if self._next is None:
+                self._next = float(time)
+            # A quarter period of slack: container timestamps jitter around the nominal frame times.
+            if time < self._next - 0.25 * period:
+                return []
+            while self._next <= time + 0.25 * period:
+                self._next += period
         self._frames.append(self._fit(frame))
         self._times.append(float(time))
         return [self._segment()] if len(self._frames) == self.frames_per_segment else []

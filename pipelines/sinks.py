@@ -176,6 +176,19 @@ class TerminalSink:
             print(self._line(), file=self.file, flush=True)
 
 
+def _positional_args(fn: Callable) -> int:
+    """How many positional arguments ``fn`` takes (a large number for ``*args``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 99
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
 class OverlayVideoSink:
     """Writes each video stream's segments, drawn on by ``draw(frame, events)``, with OpenCV.
 
@@ -183,7 +196,9 @@ class OverlayVideoSink:
         path: output file (``.mp4`` or ``.avi``); with several streams it may hold ``{stream}``, otherwise
             streams after the first get ``<stem>.<stream><suffix>``.
         draw: ``draw(frame, events) -> frame | None``: frame (H, W, 3) uint8 RGB, a copy it may draw on in
-            place; events: those the frame's segment produced.
+            place; events: those the frame's segment produced. A draw with four parameters also gets the
+            frame's index in its segment and the stream id; it may return a frame of another size (the same
+            size for the whole stream).
         codec: FourCC of the writer (``mp4v`` works with every OpenCV build).
     """
 
@@ -191,6 +206,7 @@ class OverlayVideoSink:
                  codec: str = "mp4v") -> None:
         self.path = Path(path)
         self.draw = draw
+        self._draw_args = _positional_args(draw) if draw is not None else 0
         self.codec = codec
         self.writers: dict[str, Any] = {}
         self.paths: dict[str, Path] = {}
@@ -226,12 +242,15 @@ class OverlayVideoSink:
         frames = segment.data[: segment.num_valid]
         if not len(frames):
             return
-        writer = self._writer(stream, frames.shape[1:3], segment.rate)
-        for frame in frames:
+        for index, frame in enumerate(frames):
             frame = np.ascontiguousarray(frame).copy()
             if self.draw is not None:
-                drawn = self.draw(frame, events)
+                # A task's draw may take the frame's index in the segment and the stream (per-frame labels, a
+                # per-stream timeline) and may return a larger frame (the model's input can be tiny).
+                extra = (index, stream) if self._draw_args > 2 else ()
+                drawn = self.draw(frame, events, *extra)
                 frame = frame if drawn is None else drawn
+            writer = self._writer(stream, frame.shape[:2], segment.rate)
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
             self.frames += 1
 
