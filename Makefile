@@ -24,6 +24,7 @@ test-all: lint
 	$(BIN)/python -m pytest -q -m ""
 
 BENCH_SPEECH := .bench/synth-speech
+BENCH_ACTIONS := .bench/synth-actions
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
@@ -32,6 +33,9 @@ bench: $(STAMP)
 	test -f $(BENCH_SPEECH)/manifest.json || $(BIN)/memstream data synth-speech --out $(BENCH_SPEECH) \
 		--hours 0.1 --heldout-fraction 1 --longform-count 2 --jobs 2 --seed 7
 	$(BIN)/memstream bench asr --data $(BENCH_SPEECH)
+	test -f $(BENCH_ACTIONS)/annotations.json || $(BIN)/memstream data synth-actions --out $(BENCH_ACTIONS) \
+		--train 0 --val 0 --test 30 --jobs 2
+	$(BIN)/memstream bench action --data $(BENCH_ACTIONS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .bench

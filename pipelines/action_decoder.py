@@ -1,0 +1,112 @@
+"""Online action decoder: per-frame model outputs -> action events, emitted once and never revised.
+
+For every valid frame the decoder reads the end detector; where it fires (above ``end_threshold``, not below
+the previous frame's score and above the next one's, when the next is in the same segment) an event is formed:
+
+- ``end``: the frame's end time (its time plus one frame);
+- ``start``: the model's start estimate at that frame (``start_back`` frames before it);
+- ``label``: the class with the highest mean probability over the last ``class_frames`` frames up to the end;
+- ``score``: end probability x class probability.
+
+Online NMS: a candidate whose tIoU with an event of the same class already emitted is above ``nms_iou`` is
+dropped (the earlier event is never changed). Each event records ``emitted``, the stream time at which it
+became known: the end of the segment whose output produced it (a segment's output exists only after its
+last frame arrived), so detection latency is ``emitted - end`` of the ground truth.
+
+A ``frames`` event per segment reports the dominant per-frame class (background included) for live views.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Rules of :class:`OnlineActionDecoder` (see the module docstring)."""
+
+    end_threshold: float = 0.5
+    nms_iou: float = 0.5
+    class_frames: int = 4
+    min_frames: int = 1      # shortest event, in frames
+    history: int = 64        # emitted events kept for NMS
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.end_threshold < 1.0:
+            raise ValueError(f"DecoderConfig: end_threshold={self.end_threshold} must lie in (0, 1)")
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError(f"DecoderConfig: nms_iou={self.nms_iou} must lie in (0, 1]")
+        for name in ("class_frames", "min_frames", "history"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DecoderConfig: {name}={getattr(self, name)} must be >= 1")
+
+
+def _tiou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
+class OnlineActionDecoder:
+    """One stream's decoder. ``update(outputs, times, n_valid, emitted)`` per segment, ``flush()`` at the end.
+
+    Args:
+        classes: class names (without background).
+        fps: the model's frame rate (frame duration for ends and start estimates).
+        config: :class:`DecoderConfig`.
+    """
+
+    def __init__(self, classes: list[str], fps: float, config: DecoderConfig | None = None) -> None:
+        self.classes = list(classes)
+        self.fps = float(fps)
+        self.config = config or DecoderConfig()
+        self.recent: deque[np.ndarray] = deque(maxlen=self.config.class_frames)  # last frames' class probs
+        self.emitted: deque[dict] = deque(maxlen=self.config.history)
+        self.events = 0
+        self.previous_end = 0.0  # the end score of the frame before (across segments)
+
+    def update(self, outputs: dict[str, np.ndarray], times: np.ndarray, n_valid: int, emitted: float) -> list[dict]:
+        """outputs: per-frame arrays of one segment (``class_probs`` (T, 1 + C), ``end_prob``, ``start_back``,
+        ``start_conf`` (T,)); times: (T,) frame times in s; n_valid: valid frames; emitted: when this output
+        exists (the segment's end) -> events."""
+        cfg = self.config
+        probs, end = outputs["class_probs"], outputs["end_prob"]
+        events: list[dict] = []
+        for i in range(n_valid):
+            self.recent.append(probs[i])
+            p, before = float(end[i]), self.previous_end
+            self.previous_end = p
+            # A local maximum of the end score: not below the frame before, above the frame after.
+            if p < cfg.end_threshold or p < before or (i + 1 < n_valid and float(end[i + 1]) >= p):
+                continue
+            mean = np.mean(self.recent, axis=0)[1:]
+            c = int(np.argmax(mean))
+            frame_end = float(times[i]) + 1.0 / self.fps
+            back = float(outputs["start_back"][i])
+            start = float(times[i]) - back / self.fps
+            if back + 1 < cfg.min_frames:
+                continue
+            candidate = {"type": "action", "label": self.classes[c], "class_index": c, "start": round(start, 4),
+                         "end": round(frame_end, 4), "score": round(p * float(mean[c]), 6),
+                         "start_confidence": round(float(outputs["start_conf"][i]), 4), "emitted": round(emitted, 4)}
+            if any(e["class_index"] == c and _tiou((e["start"], e["end"]), (start, frame_end)) > cfg.nms_iou
+                   for e in self.emitted):
+                continue
+            self.emitted.append(candidate)
+            self.events += 1
+            events.append(candidate)
+        if n_valid:
+            mean = probs[:n_valid].mean(axis=0)
+            c = int(np.argmax(mean))
+            events.append({"type": "frames", "time": round(float(times[0]), 4),
+                           "end": round(float(times[n_valid - 1]) + 1.0 / self.fps, 4),
+                           "label": "background" if c == 0 else self.classes[c - 1], "score": round(float(mean[c]), 4),
+                           "frame_labels": [int(k) for k in probs[:n_valid].argmax(axis=1)],
+                           "frame_scores": [round(float(v), 4) for v in probs[:n_valid].max(axis=1)]})
+        return events
+
+    def flush(self) -> list[dict]:
+        return [{"type": "end", "events": self.events}]
