@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -44,3 +45,25 @@ def load_weights(directory: str | os.PathLike, model: nn.Module, strict: bool = 
         raise FileNotFoundError(f"checkpoint {directory}: no {WEIGHTS}")
     model.load_state_dict(load_file(str(path)), strict=strict)
     return model
+
+
+def load_model(directory: str | os.PathLike, kind: str,
+               from_config: Callable[[dict], nn.Module]) -> tuple[nn.Module, dict]:
+    """A task checkpoint folder -> (model in eval mode, its config.json). ``kind`` must match the checkpoint's
+    ``"model"`` entry; ``from_config`` builds the model from the ``"config"`` entry."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{kind} checkpoint {directory}: no such folder")
+    config = read_config(directory)
+    if config.get("model") != kind:
+        raise ValueError(f"{directory}: model kind {config.get('model')!r} is not {kind!r}")
+    return load_weights(directory, from_config(config["config"])).eval(), config
+
+
+def check_metadata(metadata: dict, expected: dict, path, command: str) -> None:
+    """Refuse an exported graph whose metadata disagrees with the checkpoint its decoder is built from."""
+    wrong = [k for k, v in expected.items() if metadata.get(k) != v]
+    if wrong:
+        raise ValueError(f"{path}: ONNX metadata {', '.join(f'{k}={metadata.get(k)!r}' for k in wrong)} does not "
+                         f"match the checkpoint ({', '.join(f'{k}={expected[k]!r}' for k in wrong)}); export it from "
+                         f"the same checkpoint with `{command} --checkpoint ...`")

@@ -55,20 +55,11 @@ def long_subset(ground_truth: dict, predictions: dict[str, list[dict]], threshol
 def backend_for(model, kind: str, onnx_path: str | None = None, threads: int | None = None):
     """``torch`` or ``onnx`` (exported to a temporary file unless ``onnx_path`` is given; a given graph must
     match the model's classes, rate and segment)."""
-    from memstream.export import OnnxBackend, TorchBackend
+    from memstream.pipelines.action import export_action
+    from memstream.pipelines.launch import model_backend
 
-    if kind == "torch":
-        return TorchBackend(model)
-    if onnx_path is None:
-        import tempfile
-
-        from memstream.pipelines.action import export_action
-
-        onnx_path = str(Path(tempfile.mkdtemp(prefix="memstream-action-")) / "action.onnx")
-        export_action(model, onnx_path)
-    backend = OnnxBackend(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
-    check_onnx_matches(backend, model, onnx_path)
-    return backend
+    return model_backend(model, kind, export=export_action, check=check_onnx_matches, onnx_path=onnx_path,
+                         threads=threads)
 
 
 def evaluate_clips(model, clips: Sequence, *, backend=None, decoder: DecoderConfig | None = None,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from memstream.models import load_weights, read_config
+from memstream.models import check_metadata, load_model
 from memstream.models.action import BACKGROUND, ActionConfig, ActionModel
 from memstream.pipelines.action_decoder import DecoderConfig, OnlineActionDecoder
 from memstream.pipelines.segmenter import Segment, VideoSegmenter
@@ -33,14 +33,8 @@ def bundled_action_dir() -> Path:
 
 def load_action_model(directory: str | Path | None = None) -> tuple[ActionModel, dict]:
     """A checkpoint folder written by ``memstream train action`` (default: the bundled model) -> (model, config)."""
-    directory = Path(directory) if directory is not None else bundled_action_dir()
-    if not directory.is_dir():
-        raise FileNotFoundError(f"action checkpoint {directory}: no such folder")
-    config = read_config(directory)
-    if config.get("model") != MODEL_KIND:
-        raise ValueError(f"{directory}: model kind {config.get('model')!r} is not {MODEL_KIND!r}")
-    model = ActionModel(ActionConfig.from_dict(config["config"]))
-    return load_weights(directory, model).eval(), config
+    return load_model(directory if directory is not None else bundled_action_dir(), MODEL_KIND,
+                      lambda d: ActionModel(ActionConfig.from_dict(d)))
 
 
 def export_metadata(model: ActionModel) -> dict:
@@ -53,12 +47,9 @@ def export_metadata(model: ActionModel) -> dict:
 
 def check_onnx_matches(backend, model: ActionModel, path) -> None:
     """Refuse an exported graph whose metadata disagrees with the model the decoder is built from."""
-    meta, expected = backend.metadata, export_metadata(model)
-    wrong = [k for k in ("task", "fps", "segment_size", "input", "classes") if meta.get(k) != expected[k]]
-    if wrong:
-        raise ValueError(f"{path}: ONNX metadata {', '.join(f'{k}={meta.get(k)!r}' for k in wrong)} does not match "
-                         f"the checkpoint ({', '.join(f'{k}={expected[k]!r}' for k in wrong)}); export it from the "
-                         "same checkpoint with `memstream export action --checkpoint ...`")
+    expected = export_metadata(model)
+    check_metadata(backend.metadata, {k: expected[k] for k in ("task", "fps", "segment_size", "input", "classes")},
+                   path, "memstream export action")
 
 
 def split_outputs(outputs, index: int) -> dict[str, np.ndarray]:
@@ -193,5 +184,6 @@ def localize(backend, x: np.ndarray, model_cfg: ActionConfig, decoder: DecoderCo
         probs.append(out["class_probs"][:k])
         emitted = float(frame_times[i + k - 1]) + 1.0 / fps
         events += [e for e in dec.update(out, frame_times[i:i + t], k, emitted) if e["type"] == "action"]
+    events += [e for e in dec.flush() if e["type"] == "action"]
     empty = np.zeros((0, 1 + len(model_cfg.classes)), np.float32)
     return {"events": events, "class_probs": np.concatenate(probs) if probs else empty, "segments": padded_n // t}

@@ -151,20 +151,11 @@ def plot_wer_by_length(result: dict, path: str | Path, title: str = "WER by utte
 def backend_for(model, kind: str, onnx_path: str | None = None, threads: int | None = None):
     """``torch`` or ``onnx`` (exported to a temporary file unless ``onnx_path`` is given; a given graph must
     match ``model``'s vocabulary, segment and frame timing, which the task decodes with)."""
-    from memstream.export import OnnxBackend, TorchBackend
+    from memstream.pipelines.asr import export_asr
+    from memstream.pipelines.launch import model_backend
 
-    if kind == "torch":
-        return TorchBackend(model)
-    if onnx_path is None:
-        import tempfile
-
-        from memstream.pipelines.asr import export_asr
-
-        onnx_path = str(Path(tempfile.mkdtemp(prefix="memstream-asr-")) / "asr.onnx")
-        export_asr(model, onnx_path)
-    backend = OnnxBackend(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
-    check_onnx_matches(backend, model, onnx_path)
-    return backend
+    return model_backend(model, kind, export=export_asr, check=check_onnx_matches, onnx_path=onnx_path,
+                         threads=threads)
 
 
 def cli_eval(argv: list[str]) -> int:

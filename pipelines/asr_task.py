@@ -15,7 +15,7 @@ from typing import IO
 
 import numpy as np
 import torch
-from memstream.models import load_weights, read_config
+from memstream.models import check_metadata, load_model
 from memstream.models.asr import AsrConfig, AsrModel
 from memstream.pipelines.ctc import CtcDecoder, EndpointConfig
 from memstream.pipelines.segmenter import Segment
@@ -34,14 +34,8 @@ def bundled_asr_dir() -> Path:
 
 def load_asr_model(directory: str | Path | None = None) -> tuple[AsrModel, dict]:
     """A checkpoint folder written by ``memstream train asr`` (default: the bundled model) -> (model, config)."""
-    directory = Path(directory) if directory is not None else bundled_asr_dir()
-    if not directory.is_dir():
-        raise FileNotFoundError(f"ASR checkpoint {directory}: no such folder")
-    config = read_config(directory)
-    if config.get("model") != MODEL_KIND:
-        raise ValueError(f"{directory}: model kind {config.get('model')!r} is not {MODEL_KIND!r}")
-    model = AsrModel(AsrConfig.from_dict(config["config"]))
-    return load_weights(directory, model).eval(), config
+    return load_model(directory if directory is not None else bundled_asr_dir(), MODEL_KIND,
+                      lambda d: AsrModel(AsrConfig.from_dict(d)))
 
 
 def export_metadata(model: AsrModel) -> dict:
@@ -54,14 +48,10 @@ def export_metadata(model: AsrModel) -> dict:
 
 def check_onnx_matches(backend, model, path) -> None:
     """Refuse an exported ASR graph whose metadata disagrees with the model the decoder is built from."""
-    meta, cfg = backend.metadata, model.cfg
-    expected = {"task": "asr", "vocabulary": list(cfg.vocab), "segment": cfg.segment_samples,
-                "frame_seconds": cfg.frame_seconds, "sample_rate": cfg.sample_rate}
-    wrong = [k for k, v in expected.items() if meta.get(k) != v]
-    if wrong:
-        raise ValueError(f"{path}: ONNX metadata {', '.join(f'{k}={meta.get(k)!r}' for k in wrong)} does not match "
-                         f"the checkpoint ({', '.join(f'{k}={expected[k]!r}' for k in wrong)}); export it from the "
-                         "same checkpoint with `memstream export asr --checkpoint ...`")
+    cfg = model.cfg
+    check_metadata(backend.metadata, {"task": "asr", "vocabulary": list(cfg.vocab), "segment": cfg.segment_samples,
+                                      "frame_seconds": cfg.frame_seconds, "sample_rate": cfg.sample_rate},
+                   path, "memstream export asr")
 
 
 class _AsrDecoder:

@@ -146,6 +146,25 @@ def onnx_backend(task, path: str | Path, device: str = "cpu", export: bool = Tru
     return backend
 
 
+def model_backend(model, kind: str, *, export, check, onnx_path: str | None = None, threads: int | None = None):
+    """``torch`` or ``onnx`` for evaluation: ``export(model, path)`` to a temporary file unless ``onnx_path`` is
+    given, then ``check(backend, model, path)`` (a given graph must match the checkpoint the decoder uses)."""
+    from memstream.export import OnnxBackend, TorchBackend
+
+    if kind == "torch":
+        return TorchBackend(model)
+    if kind != "onnx":
+        raise ValueError(f"backend {kind!r}: choose torch or onnx")
+    if onnx_path is None:
+        import tempfile
+
+        onnx_path = str(Path(tempfile.mkdtemp(prefix="memstream-")) / "model.onnx")
+        export(model, onnx_path)
+    backend = OnnxBackend(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
+    check(backend, model, onnx_path)
+    return backend
+
+
 def add_run_arguments(p) -> None:
     """The options every ``memstream run <task>`` shares."""
     p.add_argument("--source", action="append", default=[], metavar="SPEC",
