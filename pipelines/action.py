@@ -243,7 +243,7 @@ def _preset_overrides(args) -> dict:
         overrides.update(memory="none", start_memory=0)
     if args.segment:
         overrides["segment"] = args.segment
-    for name in ("fps", "image_size", "backbone"):
+    for name in ("fps", "image_size", "backbone", "feature_dim"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     return overrides
@@ -271,6 +271,7 @@ def cli_train(argv: list[str]) -> int:
     p.add_argument("--image-size", type=int, help="model input size (default: the preset's)")
     p.add_argument("--backbone", help="timm backbone name (random init; see --backbone-weights)")
     p.add_argument("--backbone-weights", help="a local file of backbone weights to start from (never downloaded)")
+    p.add_argument("--feature-dim", type=int, help="feature presets: channels of the per-frame features")
     p.add_argument("--out", required=True, help="output folder: checkpoint, train_log.jsonl, trainer state")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=2e-3)

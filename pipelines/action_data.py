@@ -35,12 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from memstream.models.action import THUMOS14_CLASSES  # the feature preset's classes: one list for both
 
-THUMOS14_CLASSES: tuple[str, ...] = (
-    "BaseballPitch", "BasketballDunk", "Billiards", "CleanAndJerk", "CliffDiving", "CricketBowling", "CricketShot",
-    "Diving", "FrisbeeCatch", "GolfSwing", "HammerThrow", "HighJump", "JavelinThrow", "LongJump", "PoleVault",
-    "Shotput", "SoccerPenalty", "TennisSwing", "ThrowDiscus", "VolleyballSpiking",
-)
 AMBIGUOUS = "Ambiguous"
 BACKGROUND = "Background"
 # The UCF101 index that THUMOS14's *_Annotation.csv files write in ``type_idx`` (Ambiguous is 0).

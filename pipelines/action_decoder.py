@@ -14,6 +14,7 @@ became known: the end of the segment whose output produced it (a segment's outpu
 last frame arrived), so detection latency is ``emitted - end`` of the ground truth.
 
 A ``frames`` event per segment reports the dominant per-frame class (background included) for live views.
+When the stream ends during an action, ``flush`` emits it with the stream's end as its end.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class OnlineActionDecoder:
         self.emitted: deque[dict] = deque(maxlen=self.config.history)
         self.events = 0
         self.previous_end = 0.0  # the end score of the frame before (across segments)
+        self.last: tuple[float, float, float, float] | None = None  # the last frame: time, start_back, conf, emitted
 
     def update(self, outputs: dict[str, np.ndarray], times: np.ndarray, n_valid: int, emitted: float) -> list[dict]:
         """outputs: per-frame arrays of one segment (``class_probs`` (T, 1 + C), ``end_prob``, ``start_back``,
@@ -82,23 +84,13 @@ class OnlineActionDecoder:
             # A local maximum of the end score: not below the frame before, above the frame after.
             if p < cfg.end_threshold or p < before or (i + 1 < n_valid and float(end[i + 1]) >= p):
                 continue
-            mean = np.mean(self.recent, axis=0)[1:]
-            c = int(np.argmax(mean))
-            frame_end = float(times[i]) + 1.0 / self.fps
-            back = float(outputs["start_back"][i])
-            start = float(times[i]) - back / self.fps
-            if back + 1 < cfg.min_frames:
-                continue
-            candidate = {"type": "action", "label": self.classes[c], "class_index": c, "start": round(start, 4),
-                         "end": round(frame_end, 4), "score": round(p * float(mean[c]), 6),
-                         "start_confidence": round(float(outputs["start_conf"][i]), 4), "emitted": round(emitted, 4)}
-            if any(e["class_index"] == c and _tiou((e["start"], e["end"]), (start, frame_end)) > cfg.nms_iou
-                   for e in self.emitted):
-                continue
-            self.emitted.append(candidate)
-            self.events += 1
-            events.append(candidate)
+            event = self._event(p, float(times[i]), float(outputs["start_back"][i]), float(outputs["start_conf"][i]),
+                                emitted)
+            if event is not None:
+                events.append(event)
         if n_valid:
+            i = n_valid - 1
+            self.last = (float(times[i]), float(outputs["start_back"][i]), float(outputs["start_conf"][i]), emitted)
             mean = probs[:n_valid].mean(axis=0)
             c = int(np.argmax(mean))
             events.append({"type": "frames", "time": round(float(times[0]), 4),
@@ -108,5 +100,35 @@ class OnlineActionDecoder:
                            "frame_scores": [round(float(v), 4) for v in probs[:n_valid].max(axis=1)]})
         return events
 
+    def _event(self, p_end: float, time: float, back: float, conf: float, emitted: float) -> dict | None:
+        """The action ending with the frame at ``time`` (class from the recent frames), unless online NMS or the
+        minimum length drops it."""
+        cfg = self.config
+        mean = np.mean(self.recent, axis=0)[1:]
+        c = int(np.argmax(mean))
+        end = time + 1.0 / self.fps
+        start = time - back / self.fps
+        if back + 1 < cfg.min_frames:
+            return None
+        if any(e["class_index"] == c and _tiou((e["start"], e["end"]), (start, end)) > cfg.nms_iou
+               for e in self.emitted):
+            return None
+        event = {"type": "action", "label": self.classes[c], "class_index": c, "start": round(start, 4),
+                 "end": round(end, 4), "score": round(p_end * float(mean[c]), 6), "start_confidence": round(conf, 4),
+                 "emitted": round(emitted, 4)}
+        self.emitted.append(event)
+        self.events += 1
+        return event
+
     def flush(self) -> list[dict]:
-        return [{"type": "end", "events": self.events}]
+        """End of stream: an action still in progress on the last frames ends with the stream (its end score
+        is the share of those frames' probability on action)."""
+        events = []
+        if self.last is not None and self.recent:
+            mean = np.mean(self.recent, axis=0)
+            if mean[1:].max() > mean[0]:
+                event = self._event(float(1.0 - mean[0]), *self.last)
+                if event is not None:
+                    event["at_stream_end"] = True
+                    events.append(event)
+        return events + [{"type": "end", "events": self.events}]

@@ -41,7 +41,12 @@ def test_decoder_emits_once_with_start_from_memory_and_emission_time():
     # The same action fired again in the next segment overlaps the emitted one: online NMS drops it.
     again = dec.update(out, times + T / FPS, T, emitted=104.0)
     assert not [e for e in again if e["type"] == "action" and e["end"] - e["start"] > 29]
-    assert dec.flush() == [{"type": "end", "events": dec.events}]
+    # The stream ends while "jump" is still going on: flush emits it, ending with the stream.
+    last = dec.flush()
+    assert last[-1] == {"type": "end", "events": dec.events}
+    open_action = [e for e in last if e["type"] == "action"]
+    assert len(open_action) == 1 and open_action[0]["at_stream_end"] and open_action[0]["label"] == "jump"
+    assert open_action[0]["end"] == pytest.approx(times[-1] + T / FPS + 1 / FPS)
 
 
 def test_decoder_ignores_padding_and_low_scores():
@@ -169,3 +174,24 @@ def test_bad_input_is_named(tmp_path, tiny_actions, trained):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video")
     assert main(["run", "action", "--source", str(bad), "--checkpoint", str(trained)]) == 2
+
+
+def test_feature_input_train_and_eval(tiny_actions, tmp_path, capsys):
+    """The THUMOS14 convention: one (T, C) array per video, fed straight to the core."""
+    from memstream.pipelines.action_data import read_annotations
+
+    features = tmp_path / "features"
+    features.mkdir()
+    rng = np.random.default_rng(0)
+    for name, video in read_annotations(tiny_actions / "annotations.json").items():
+        np.save(features / f"{name}.npy", rng.standard_normal((video.frames // 2, 16)).astype(np.float32))
+    out = tmp_path / "ckpt"
+    args = ["--data", str(tiny_actions), "--features", str(features)]
+    assert main(["train", "action", *args, "--preset", "action-thumos", "--feature-dim", "16", "--fps", "4",
+                 "--out", str(out), "--steps", "2", "--clip-segments", "4"]) == 0
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["input"] == "features" and config["feature_dim"] == 16 and config["fps"] == 4.0
+    capsys.readouterr()
+    assert main(["eval", "action", *args, "--checkpoint", str(out), "--json"]) == 0
+    assert "map" in json.loads(capsys.readouterr().out)
+    assert main(["eval", "action", "--data", str(tiny_actions), "--checkpoint", str(out)]) == 2  # no --features
