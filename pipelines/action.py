@@ -243,7 +243,7 @@ def _preset_overrides(args) -> dict:
         overrides.update(memory="none", start_memory=0)
     if args.segment:
         overrides["segment"] = args.segment
-    for name in ("fps", "image_size", "backbone", "feature_dim"):
+    for name in ("fps", "image_size", "backbone", "feature_dim", "spatial_grid"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     return overrides
@@ -272,6 +272,7 @@ def cli_train(argv: list[str]) -> int:
     p.add_argument("--backbone", help="timm backbone name (random init; see --backbone-weights)")
     p.add_argument("--backbone-weights", help="a local file of backbone weights to start from (never downloaded)")
     p.add_argument("--feature-dim", type=int, help="feature presets: channels of the per-frame features")
+    p.add_argument("--spatial-grid", type=int, help="pool each frame's feature map to k x k cells (0: global)")
     p.add_argument("--out", required=True, help="output folder: checkpoint, train_log.jsonl, trainer state")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -380,26 +381,29 @@ def cli_run(argv: list[str]) -> int:
                                     "time) as JSON Lines while the video plays; --overlay draws them."))
     add_run_arguments(p)
     p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled action-small)")
-    p.add_argument("--end-threshold", type=float, default=0.5, help="end-detector probability that emits an event")
+    p.add_argument("--end-threshold", type=float, default=0.3, help="end-detector probability that emits an event")
     p.add_argument("--nms-iou", type=float, default=0.5, help="online NMS: drop an event overlapping an emitted one")
+    p.add_argument("--top-classes", type=int, default=2,
+                   help="events per detected action, one per most probable class (rank 1, 2, ...)")
     args = p.parse_args(argv)
     if not args.source and not args.streams:
         args.source = [str(bundled_sample())]
     specs = specs_from_args(args)
     task = ActionTask(checkpoint=args.checkpoint,
-                      decoder=DecoderConfig(end_threshold=args.end_threshold, nms_iou=args.nms_iou))
+                      decoder=DecoderConfig(end_threshold=args.end_threshold, nms_iou=args.nms_iou,
+                                            top_classes=args.top_classes))
     sinks = [] if args.view else [ActionLineSink(sys.stderr)]
     return run_from_args(task, specs, args, extra_sinks=sinks)
 
 
 class ActionLineSink:
-    """Each emitted action on its own line (stderr), as it happens."""
+    """Each emitted action on its own line (stderr), as it happens: its most probable class (rank 1) only."""
 
     def __init__(self, file=None) -> None:
         self.file = file if file is not None else sys.stderr
 
     def write(self, event: dict) -> None:
-        if event.get("type") != "action":
+        if event.get("type") != "action" or event.get("rank", 1) != 1:
             return
         prefix = f"[{event['stream']}] " if event.get("stream") not in (None, "0") else ""
         self.file.write(f"{prefix}[{event['start']:8.2f}-{event['end']:8.2f}] {event['label']:<16} "

@@ -72,6 +72,9 @@ def speed(data: str | Path, checkpoint: str | None, videos: int = 3, rounds: int
     backends = {"torch": TorchBackend(task.model), "onnx": OnnxBackend(onnx_path, providers=["CPUExecutionProvider"],
                                                                         threads=threads)}
     totals = {name: [0, 0.0] for name in backends}
+    for backend in backends.values():  # warm-up, not timed: kernels and allocations made on first use
+        for _ in stream(task, str(paths[0]), backend=backend):
+            pass
     for _ in range(rounds):
         for name, backend in backends.items():  # interleaved: drift on a shared machine hits both
             for path in paths:

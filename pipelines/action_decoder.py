@@ -8,6 +8,10 @@ the previous frame's score and above the next one's, when the next is in the sam
 - ``label``: the class with the highest mean probability over the last ``class_frames`` frames up to the end;
 - ``score``: end probability x class probability.
 
+Each detected action yields one event for each of its ``top_classes`` most probable classes (``rank`` 1, 2, ...),
+scored apart, as detection benchmarks expect (a ranking metric rewards the runner-up hypothesis when the first
+is wrong); a consumer that wants one label per action keeps ``rank == 1``.
+
 Online NMS: a candidate whose tIoU with an event of the same class already emitted is above ``nms_iou`` is
 dropped (the earlier event is never changed). Each event records ``emitted``, the stream time at which it
 became known: the end of the segment whose output produced it (a segment's output exists only after its
@@ -29,18 +33,19 @@ import numpy as np
 class DecoderConfig:
     """Rules of :class:`OnlineActionDecoder` (see the module docstring)."""
 
-    end_threshold: float = 0.5
+    end_threshold: float = 0.3
     nms_iou: float = 0.5
-    class_frames: int = 4
+    class_frames: int = 16
     min_frames: int = 1      # shortest event, in frames
     history: int = 64        # emitted events kept for NMS
+    top_classes: int = 2     # events per detected action: its k most probable classes (``rank`` 1..k)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.end_threshold < 1.0:
             raise ValueError(f"DecoderConfig: end_threshold={self.end_threshold} must lie in (0, 1)")
         if not 0.0 < self.nms_iou <= 1.0:
             raise ValueError(f"DecoderConfig: nms_iou={self.nms_iou} must lie in (0, 1]")
-        for name in ("class_frames", "min_frames", "history"):
+        for name in ("class_frames", "min_frames", "history", "top_classes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DecoderConfig: {name}={getattr(self, name)} must be >= 1")
 
@@ -84,10 +89,8 @@ class OnlineActionDecoder:
             # A local maximum of the end score: not below the frame before, above the frame after.
             if p < cfg.end_threshold or p < before or (i + 1 < n_valid and float(end[i + 1]) >= p):
                 continue
-            event = self._event(p, float(times[i]), float(outputs["start_back"][i]), float(outputs["start_conf"][i]),
-                                emitted)
-            if event is not None:
-                events.append(event)
+            events += self._events(p, float(times[i]), float(outputs["start_back"][i]),
+                                   float(outputs["start_conf"][i]), emitted)
         if n_valid:
             i = n_valid - 1
             self.last = (float(times[i]), float(outputs["start_back"][i]), float(outputs["start_conf"][i]), emitted)
@@ -100,25 +103,27 @@ class OnlineActionDecoder:
                            "frame_scores": [round(float(v), 4) for v in probs[:n_valid].max(axis=1)]})
         return events
 
-    def _event(self, p_end: float, time: float, back: float, conf: float, emitted: float) -> dict | None:
-        """The action ending with the frame at ``time`` (class from the recent frames), unless online NMS or the
-        minimum length drops it."""
+    def _events(self, p_end: float, time: float, back: float, conf: float, emitted: float) -> list[dict]:
+        """The action ending with the frame at ``time``: one event per class among the ``top_classes`` most
+        probable over the recent frames, each unless online NMS or the minimum length drops it."""
         cfg = self.config
-        mean = np.mean(self.recent, axis=0)[1:]
-        c = int(np.argmax(mean))
         end = time + 1.0 / self.fps
         start = time - back / self.fps
         if back + 1 < cfg.min_frames:
-            return None
-        if any(e["class_index"] == c and _tiou((e["start"], e["end"]), (start, end)) > cfg.nms_iou
-               for e in self.emitted):
-            return None
-        event = {"type": "action", "label": self.classes[c], "class_index": c, "start": round(start, 4),
-                 "end": round(end, 4), "score": round(p_end * float(mean[c]), 6), "start_confidence": round(conf, 4),
-                 "emitted": round(emitted, 4)}
-        self.emitted.append(event)
-        self.events += 1
-        return event
+            return []
+        mean = np.mean(self.recent, axis=0)[1:]
+        out = []
+        for rank, c in enumerate(np.argsort(-mean, kind="stable")[: cfg.top_classes].tolist(), start=1):
+            if any(e["class_index"] == c and _tiou((e["start"], e["end"]), (start, end)) > cfg.nms_iou
+                   for e in self.emitted):
+                continue
+            event = {"type": "action", "label": self.classes[c], "class_index": c, "start": round(start, 4),
+                     "end": round(end, 4), "score": round(p_end * float(mean[c]), 6),
+                     "start_confidence": round(conf, 4), "emitted": round(emitted, 4), "rank": rank}
+            self.emitted.append(event)
+            self.events += 1
+            out.append(event)
+        return out
 
     def flush(self) -> list[dict]:
         """End of stream: an action still in progress on the last frames ends with the stream (its end score
@@ -127,8 +132,7 @@ class OnlineActionDecoder:
         if self.last is not None and self.recent:
             mean = np.mean(self.recent, axis=0)
             if mean[1:].max() > mean[0]:
-                event = self._event(float(1.0 - mean[0]), *self.last)
-                if event is not None:
+                for event in self._events(float(1.0 - mean[0]), *self.last):
                     event["at_stream_end"] = True
                     events.append(event)
         return events + [{"type": "end", "events": self.events}]

@@ -23,7 +23,7 @@ def outputs(n: int, classes: int = 2) -> dict[str, np.ndarray]:
 
 
 def test_decoder_emits_once_with_start_from_memory_and_emission_time():
-    dec = OnlineActionDecoder(["run", "jump"], FPS)
+    dec = OnlineActionDecoder(["run", "jump"], FPS, DecoderConfig(top_classes=1))
     times = np.arange(T) / FPS + 100.0
     out = outputs(T)
     out["class_probs"][:, :] = [0.1, 0.1, 0.8]  # jump
@@ -47,6 +47,19 @@ def test_decoder_emits_once_with_start_from_memory_and_emission_time():
     open_action = [e for e in last if e["type"] == "action"]
     assert len(open_action) == 1 and open_action[0]["at_stream_end"] and open_action[0]["label"] == "jump"
     assert open_action[0]["end"] == pytest.approx(times[-1] + T / FPS + 1 / FPS)
+
+
+def test_decoder_top_classes_rank_the_hypotheses():
+    dec = OnlineActionDecoder(["run", "jump", "sit"], FPS, DecoderConfig(top_classes=2))
+    out = outputs(T, classes=3)
+    out["class_probs"][:, :] = [0.1, 0.2, 0.6, 0.1]
+    out["end_prob"][8] = 0.9
+    out["start_back"][8] = 8.0
+    actions = [e for e in dec.update(out, np.arange(T) / FPS, T, emitted=2.0) if e["type"] == "action"]
+    assert [(e["label"], e["rank"]) for e in actions] == [("jump", 1), ("run", 2)]
+    assert actions[0]["score"] == pytest.approx(0.9 * 0.6, rel=1e-4) and actions[1]["score"] == pytest.approx(0.18,
+                                                                                                            rel=1e-4)
+    assert actions[0]["start"] == actions[1]["start"] and actions[0]["end"] == actions[1]["end"]
 
 
 def test_decoder_ignores_padding_and_low_scores():
@@ -195,3 +208,20 @@ def test_feature_input_train_and_eval(tiny_actions, tmp_path, capsys):
     assert main(["eval", "action", *args, "--checkpoint", str(out), "--json"]) == 0
     assert "map" in json.loads(capsys.readouterr().out)
     assert main(["eval", "action", "--data", str(tiny_actions), "--checkpoint", str(out)]) == 2  # no --features
+
+
+def test_bundled_model_runs_on_the_bundled_clip(tmp_path, capsys):
+    from memstream.pipelines.action_task import bundled_action_dir
+
+    if not (bundled_action_dir() / "model.safetensors").is_file():
+        pytest.skip("no bundled action model in this checkout")
+    assert main(["run", "action", "--out", str(tmp_path / "run")]) == 0  # no --source: the bundled clip
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    actions = [e for e in events if e["type"] == "action"]
+    assert actions and all(e["emitted"] >= e["end"] - 1e-6 for e in actions)  # emitted only once known
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["total"]["segments"] == 75 * 8 // 16 + 1
+    capsys.readouterr()
+    assert main(["demo", "--only", "action", "--overlay", str(tmp_path / "demo.mp4")]) == 0
+    out = capsys.readouterr().out
+    assert "mAP@0.5 on this clip" in out and (tmp_path / "demo.mp4").stat().st_size > 10_000
