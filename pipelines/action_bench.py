@@ -50,8 +50,27 @@ def accuracy(data: str | Path, memory: str | None, window: str | None, window2x:
         out[f"segment_frames{key}"] = model.cfg.segment
         if not key:
             out.update(videos=r["videos"], instances=r["instances"], instances_long=r.get("instances_long"),
-                       map=r["map"], map_long=r.get("map_long"), latency_s=r["latency_s"])
+                       map=r["map"], map_long=r.get("map_long"), latency_s=r["latency_s"], events=r["events"])
+            out.update(onnx_agreement(model, clips, r))
     return out
+
+
+def onnx_agreement(model, clips, torch_result: dict) -> dict:
+    """The same evaluation through the exported graph in ONNX Runtime: its mAP and how many events equal
+    PyTorch's (label, start, end and emission time exactly; score to 1e-4)."""
+    from memstream.pipelines.action_eval import backend_for, evaluate_clips
+
+    r = evaluate_clips(model, clips, backend=backend_for(model, "onnx"))
+
+    def key(e: dict) -> tuple:
+        return e["label"], e["segment"][0], e["segment"][1], e["emitted"], round(e["score"], 4)
+
+    same = total = 0
+    for name, events in torch_result["predictions"].items():
+        theirs = {key(e) for e in r["predictions"].get(name, [])}
+        same += sum(key(e) in theirs for e in events)
+        total += max(len(events), len(r["predictions"].get(name, [])))
+    return {"map50_onnx": r["map"]["0.5"], "onnx_events_equal": same, "onnx_events_total": total}
 
 
 def speed(data: str | Path, checkpoint: str | None, videos: int = 3, rounds: int = 2, threads: int = 2) -> dict:

@@ -126,12 +126,12 @@ class ActionTask:
 
     def draw(self, frame: np.ndarray, events: list[dict], index: int = 0, stream: str = "") -> np.ndarray:
         """The frame enlarged to ``overlay_width``, the frame's class and score on top, a strip of the stream's
-        emitted events (the last 60 s) at the bottom."""
+        emitted events (their first-ranked class, the last 60 s) at the bottom."""
         from memstream.pipelines.action_overlay import draw_action_overlay
 
         timeline = self._timelines.setdefault(stream, [])
         if index == 0:
-            timeline.extend(e for e in events if e.get("type") == "action")
+            timeline.extend(e for e in events if e.get("type") == "action" and e.get("rank", 1) == 1)
             del timeline[:-200]
         frames = next((e for e in events if e.get("type") == "frames"), None)
         return draw_action_overlay(frame, frames, index, timeline, self.classes, self.fps, self.overlay_width)

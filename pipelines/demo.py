@@ -102,7 +102,7 @@ def action_demo(threads: int = 2, overlay: str | None = None) -> int:
     for inst in videos[name].instances:
         same = [e for e in events if e["label"] == inst.label]
         overlaps = tiou((inst.start, inst.end), np.array([[e["start"], e["end"]] for e in same])) if same else []
-        best = int(overlaps.argmax()) if len(overlaps) else None
+        best = int(overlaps.argmax()) if len(overlaps) and overlaps.max() > 0 else None
         found = (f"{same[best]['start']:6.1f}-{same[best]['end']:6.1f} s ({overlaps[best]:.2f}), emitted "
                  f"{same[best]['emitted'] - inst.end:+.1f} s after the end" if best is not None else "missed")
         print(f"{inst.label:>8} {inst.start:6.1f}-{inst.end:6.1f} s | {found}")
