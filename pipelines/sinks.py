@@ -247,7 +247,7 @@ class OverlayVideoSink:
             if self.draw is not None:
                 # A task's draw may take the frame's index in the segment and the stream (per-frame labels, a
                 # per-stream timeline) and may return a larger frame (the model's input can be tiny).
-                extra = (index, stream) if self._draw_args > 2 else ()
+                extra = (index, stream) if self._draw_args >= 4 else ()
                 drawn = self.draw(frame, events, *extra)
                 frame = frame if drawn is None else drawn
             writer = self._writer(stream, frame.shape[:2], segment.rate)
