@@ -159,13 +159,19 @@ def _read_csv(path: Path, keep_ambiguous: bool) -> dict[str, ActionVideo]:
     return videos
 
 
-def _read_json(path: Path, keep_ambiguous: bool) -> dict[str, ActionVideo]:
+def _json_object(path: Path, key: str, what: str) -> dict:
+    """A json file whose top-level object holds the object ``key``; ValueError naming the file otherwise."""
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid json ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
-        raise ValueError(f"{path}: no \"database\" object (ActivityNet-style annotations expected)")
+    if not isinstance(data, dict) or not isinstance(data.get(key), dict):
+        raise ValueError(f"{path}: no \"{key}\" object ({what} expected)")
+    return data
+
+
+def _read_json(path: Path, keep_ambiguous: bool) -> dict[str, ActionVideo]:
+    data = _json_object(path, "database", "ActivityNet-style annotations")
     classes = data.get("classes")
     known = None if classes is None else set(_check_classes(classes, path)) | {AMBIGUOUS}
     default_fps = data.get("fps")
@@ -291,12 +297,7 @@ def write_activitynet_results(path, results: dict[str, list[dict]]) -> None:
 def read_activitynet_results(path) -> dict[str, list[dict]]:
     """Read an ActivityNet result json -> ``{video: [{"label", "score", "segment": [s, e], ("emitted")}]}``."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid json ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-        raise ValueError(f"{path}: no \"results\" object (ActivityNet result file expected)")
+    data = _json_object(path, "results", "ActivityNet result file")
     out = {}
     for video, entries in data["results"].items():
         if not isinstance(entries, list):

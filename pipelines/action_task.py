@@ -17,6 +17,7 @@ import torch
 from memstream.models import check_metadata, load_model
 from memstream.models.action import BACKGROUND, ActionConfig, ActionModel
 from memstream.pipelines.action_decoder import DecoderConfig, OnlineActionDecoder
+from memstream.pipelines.action_overlay import draw_action_overlay
 from memstream.pipelines.segmenter import Segment, VideoSegmenter
 from torch import Tensor
 
@@ -127,8 +128,6 @@ class ActionTask:
     def draw(self, frame: np.ndarray, events: list[dict], index: int = 0, stream: str = "") -> np.ndarray:
         """The frame enlarged to ``overlay_width``, the frame's class and score on top, a strip of the stream's
         emitted events (their first-ranked class, the last 60 s) at the bottom."""
-        from memstream.pipelines.action_overlay import draw_action_overlay
-
         timeline = self._timelines.setdefault(stream, [])
         if index == 0:
             timeline.extend(e for e in events if e.get("type") == "action" and e.get("rank", 1) == 1)
