@@ -40,7 +40,7 @@ _COUNT = (("IDSW", "IDSW"), ("FP", "FP"), ("FN", "FN"), ("Frag", "Frag"), ("MT",
 
 def default_benchmark(path) -> str:
     """The benchmark a data path names (``MOT15``, ``MOT16``, ``MOT20``), else ``MOT17``."""
-    text = str(Path(path).resolve()).upper()
+    text = f"{path} {Path(path).resolve()}".upper()  # the path as given and without links
     return next((b for b in ("MOT15", "MOT16", "MOT20") if b in text), "MOT17")
 
 
