@@ -34,11 +34,12 @@ class TorchBackend:
         return self.model.init_state(batch, self.device)
 
     @torch.inference_mode()
-    def step(self, x: Tensor, state: NamedTuple, reset: Tensor, mask: Tensor | None = None):
+    def step(self, x: Tensor, state: NamedTuple, reset: Tensor, mask: Tensor | None = None, **extra: Tensor):
         x = x.to(self.device)
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)
-        return self.model.step(x, state, reset.to(self.device), mask.to(self.device))
+        extra = {k: v.to(self.device) for k, v in extra.items()}
+        return self.model.step(x, state, reset.to(self.device), mask.to(self.device), **extra)
 
 
 def _numpy_dtype(name: str) -> np.dtype:
@@ -104,7 +105,8 @@ class OnnxBackend:
         return self.State(*(torch.zeros((batch, *s["shape"]), dtype=getattr(torch, s["dtype"]))
                             for s in self.state_spec.values()))
 
-    def step(self, x: Tensor, state: NamedTuple, reset: Tensor, mask: Tensor | None = None):
+    def step(self, x: Tensor, state: NamedTuple, reset: Tensor, mask: Tensor | None = None, **extra: Tensor):
+        """One step; ``extra`` holds the graph's further named inputs (metadata ``extra_inputs``), if any."""
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"OnnxBackend: input of shape {tuple(x.shape)}; the graph takes "
                              f"(B, {', '.join(map(str, self.input_shape))})")
@@ -116,6 +118,11 @@ class OnnxBackend:
                  "mask": mask.detach().cpu().numpy().astype(np.bool_, copy=False)}
         for name, t in zip(self.fields, state, strict=True):
             feeds[f"state.{name}"] = t.detach().cpu().numpy()
+        wanted = self.metadata.get("extra_inputs", {})
+        if set(extra) != set(wanted):
+            raise ValueError(f"OnnxBackend: the graph takes extra inputs {sorted(wanted)}, got {sorted(extra)}")
+        for name, t in extra.items():
+            feeds[name] = t.detach().cpu().numpy().astype(_numpy_dtype(wanted[name]["dtype"]), copy=False)
         results = self.session.run(None, feeds)
         n_out = len(self.output_names)
         outputs = [torch.from_numpy(r) for r in results[:n_out]]

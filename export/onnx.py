@@ -39,36 +39,40 @@ def _output_names(outputs) -> list[str]:
 
 
 class ExportStep(nn.Module):
-    """Wraps ``model.step`` as ``forward(x, *state, reset, mask) -> (*outputs, *state)``.
+    """Wraps ``model.step`` as ``forward(x, *state, reset, mask, *extra) -> (*outputs, *state)``.
 
-    ``model`` needs ``step(x, state, reset, mask) -> (outputs, state)`` and ``init_state(batch)``;
-    ``outputs`` is a tensor or a NamedTuple/tuple of tensors.
+    ``model`` needs ``step(x, state, reset, mask, **extra) -> (outputs, state)`` and ``init_state(batch)``;
+    ``outputs`` is a tensor or a NamedTuple/tuple of tensors. ``extra`` names further per-step inputs
+    (batch first), such as the tracker's assignment of the previous frame, passed by keyword.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, extra: Sequence[str] = ()) -> None:
         super().__init__()
         self.model = model
         self.state_type = type(model.init_state(1))
+        self.extra = tuple(extra)
 
     def forward(self, x: Tensor, *flat: Tensor) -> tuple[Tensor, ...]:
-        *state, reset, mask = flat
-        outputs, new_state = self.model.step(x, self.state_type(*state), reset, mask)
+        n = len(flat) - len(self.extra)
+        *state, reset, mask = flat[:n]
+        named = dict(zip(self.extra, flat[n:], strict=True))
+        outputs, new_state = self.model.step(x, self.state_type(*state), reset, mask, **named)
         outputs = (outputs,) if isinstance(outputs, Tensor) else tuple(outputs)
         return (*outputs, *new_state)
 
 
-def io_names(model: nn.Module, outputs) -> tuple[list[str], list[str], list[str]]:
+def io_names(model: nn.Module, outputs, extra: Sequence[str] = ()) -> tuple[list[str], list[str], list[str]]:
     """(input names, output names, state field names) of the exported step."""
     fields = list(type(model.init_state(1))._fields)
-    inputs = ["x", *(f"state.{f}" for f in fields), "reset", "mask"]
+    inputs = ["x", *(f"state.{f}" for f in fields), "reset", "mask", *extra]
     outs = [*_output_names(outputs), *(f"state_out.{f}" for f in fields)]
     return inputs, outs, fields
 
 
-def example_inputs(model: nn.Module, x: Tensor) -> tuple[Tensor, ...]:
+def example_inputs(model: nn.Module, x: Tensor, extra: dict[str, Tensor] | None = None) -> tuple[Tensor, ...]:
     b, t = x.shape[:2]
     state = model.init_state(b)
-    return (x, *state, torch.zeros(b, dtype=torch.bool), torch.ones(b, t, dtype=torch.bool))
+    return (x, *state, torch.zeros(b, dtype=torch.bool), torch.ones(b, t, dtype=torch.bool), *(extra or {}).values())
 
 
 def check_state_io(proto: onnx.ModelProto, fields: Sequence[str]) -> None:
@@ -98,14 +102,14 @@ def check_state_io(proto: onnx.ModelProto, fields: Sequence[str]) -> None:
         raise ExportError(f"exported step returns constant state tensors {frozen}")
 
 
-def _dynamic_shapes(n_state: int):
+def _dynamic_shapes(n_state: int, n_extra: int = 0):
     batch = torch.export.Dim("batch", min=1, max=4096)
-    # forward(x, *flat): the varargs form one entry holding the state, reset and mask.
-    return ({0: batch}, tuple({0: batch} for _ in range(n_state + 2)))
+    # forward(x, *flat): the varargs form one entry holding the state, reset, mask and extra inputs.
+    return ({0: batch}, tuple({0: batch} for _ in range(n_state + 2 + n_extra)))
 
 
 def export_step(model: nn.Module, path: str | os.PathLike, x: Tensor, *, opset: int = DEFAULT_OPSET,
-                metadata: dict | None = None) -> onnx.ModelProto:
+                metadata: dict | None = None, extra: dict[str, Tensor] | None = None) -> onnx.ModelProto:
     """Export ``model.step`` to ``path``.
 
     Args:
@@ -114,24 +118,29 @@ def export_step(model: nn.Module, path: str | os.PathLike, x: Tensor, *, opset: 
         x: an example segment input, (B, T, ...) with B >= 2 (batch is exported dynamic).
         opset: 23 (standard Attention op) or 18 (decomposed attention, for older runtimes).
         metadata: extra entries for ``metadata_props`` (e.g. sample rate, labels); values JSON-encoded.
+        extra: example tensors of further named step inputs (batch first, batch as ``x``), passed to ``step``
+            by keyword; recorded in the metadata as ``extra_inputs``.
     """
     if opset < FALLBACK_OPSET:
         raise ValueError(f"opset={opset}: memstream exports need opset >= {FALLBACK_OPSET}")
     if x.shape[0] < 2:
         raise ValueError("export_step: give an example with batch >= 2 so the batch axis stays dynamic")
     model = model.eval()
-    wrapper = ExportStep(model).eval()
-    args = example_inputs(model, x)
+    extra = dict(extra or {})
+    wrapper = ExportStep(model, tuple(extra)).eval()
+    args = example_inputs(model, x, extra)
+    n_state = len(args) - 3 - len(extra)
     with torch.no_grad():  # a probe for the output names, on a copy: a misbehaving step must not touch the model
-        outputs, _ = copy.deepcopy(model).step(args[0], wrapper.state_type(*args[1:-2]), args[-2], args[-1])
-    inputs, outs, fields = io_names(model, outputs)
+        outputs, _ = copy.deepcopy(model).step(args[0], wrapper.state_type(*args[1:1 + n_state]), args[1 + n_state],
+                                               args[2 + n_state], **extra)
+    inputs, outs, fields = io_names(model, outputs, tuple(extra))
     with warnings.catch_warnings():
         # torch.export's deprecation chatter and a note on the shared batch axis name: not ours to fix.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", message=".*axis name.*")
         program = torch.onnx.export(
             wrapper, args, dynamo=True, opset_version=opset, input_names=inputs, output_names=outs,
-            dynamic_shapes=_dynamic_shapes(len(fields)), optimize=True, verbose=False,
+            dynamic_shapes=_dynamic_shapes(len(fields), len(extra)), optimize=True, verbose=False,
         )
     mutated = program.exported_program.graph_signature.buffers_to_mutate
     if mutated:
@@ -140,12 +149,15 @@ def export_step(model: nn.Module, path: str | os.PathLike, x: Tensor, *, opset: 
     proto = program.model_proto
     check_state_io(proto, fields)
     spec = {f: {"shape": list(t.shape[1:]), "dtype": str(t.dtype).replace("torch.", "")}
-            for f, t in zip(fields, args[1:-2], strict=True)}
+            for f, t in zip(fields, args[1:1 + n_state], strict=True)}
     meta = {
         "format": 1, "segment": int(x.shape[1]), "input_shape": list(x.shape[1:]),
         "input_dtype": str(x.dtype).replace("torch.", ""), "state": spec, "outputs": outs[: len(outs) - len(fields)],
         "opset": opset, "state_type": wrapper.state_type.__name__,
     }
+    if extra:
+        meta["extra_inputs"] = {k: {"shape": list(t.shape[1:]), "dtype": str(t.dtype).replace("torch.", "")}
+                                for k, t in extra.items()}
     config = getattr(model, "cfg", None)
     if config is not None and hasattr(config, "to_dict"):
         meta["config"] = config.to_dict()

@@ -138,7 +138,8 @@ def onnx_backend(task, path: str | Path, device: str = "cpu", export: bool = Tru
         metadata = {"task": task.name, "kind": task.kind, "rate": task.rate, "segment_size": task.segment_size}
         if hasattr(task, "export_metadata"):
             metadata.update(task.export_metadata())
-        export_step(task.model, path, x, metadata=metadata)
+        extra = task.export_inputs(x.shape[0]) if hasattr(task, "export_inputs") else None
+        export_step(task.model, path, x, metadata=metadata, extra=extra)
     providers = ["CPUExecutionProvider"] if str(device) == "cpu" else None
     backend = OnnxBackend(path, providers=providers)
     if hasattr(task, "check_backend"):

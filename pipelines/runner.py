@@ -196,6 +196,8 @@ class StreamRunner:
                                   f"a {info.kind} source cannot feed the {self.task.kind} task {self.task.name!r}")
             rate = info.rate or self.task.rate
             segmenter = self._segmenter(info)
+            if hasattr(st.decoder, "source_opened"):  # e.g. the tracker: boxes in the source's pixels, its frame rate
+                st.decoder.source_opened(info)
             for packet in source:
                 if self._stop.is_set():
                     stopped = True
@@ -290,7 +292,10 @@ class StreamRunner:
             rows = self._state if whole else type(self._state)(*(t.index_select(0, idx) for t in self._state))
             reset = torch.tensor([st.first for st, _, _ in batch], dtype=torch.bool)
             t1 = time.perf_counter()
-            outputs, new = self.backend.step(x, rows, reset, mask)
+            # A task may feed its decoders' decisions back into the step (the tracker's assignment).
+            extra = self.task.step_inputs([st.decoder for st, _, _ in batch]) if hasattr(
+                self.task, "step_inputs") else {}
+            outputs, new = self.backend.step(x, rows, reset, mask, **extra)
             step_s = time.perf_counter() - t1
             if whole:
                 self._state = type(self._state)(*(n.to(device) for n in new))
