@@ -168,8 +168,8 @@ def _hex(bgr: tuple) -> str:
 class _Ctx:
     """Scene geometry for walks: image size, band, occluders, speed scale."""
 
-    def __init__(self, w: int, h: int, fps: float, occluders: list):
-        self.w, self.h, self.fps, self.occluders = w, h, fps, occluders
+    def __init__(self, w: int, h: int, fps: float, occluders: list, max_speed: float = 1.0):
+        self.w, self.h, self.fps, self.occluders, self.max_speed = w, h, fps, occluders, max_speed
         self.y0, self.y1 = BAND[0] * h, BAND[1] * h
 
     def height(self, y, scale=1.0):
@@ -191,7 +191,8 @@ class _Ctx:
         return float(x), float(y), float(stop)
 
     def outside(self, side: int, y: float, scale: float) -> tuple[float, float]:
-        half = 0.5 * ASPECT * float(self.height(y, scale)) + 2
+        size = float(self.height(y, scale))  # fully out, even one frame's step (at 1.5x speed) inside the point
+        half = 0.5 * ASPECT * size + 1.5 * self.max_speed * size / self.fps + 2
         return (-half if side < 0 else self.w + half), y
 
 
@@ -251,7 +252,7 @@ def _entry(rng, ctx: _Ctx, t0: float, speed: float, scale: float) -> np.ndarray:
     """A visit entering at the left or right edge at time t0."""
     side = int(rng.choice([-1, 1]))
     p0 = ctx.outside(side, rng.uniform(ctx.y0, ctx.y1), scale)
-    return _visit(rng, ctx, t0, p0, 0.0 if side < 0 else np.pi, speed, scale, int(rng.integers(1, 4)))
+    return _visit(rng, ctx, t0, p0, 0.0 if side < 0 else np.pi, speed, scale, int(rng.integers(1, 5)))
 
 
 def _free_point(rng, ctx: _Ctx, lo=0.12, hi=0.88) -> tuple[float, float]:
@@ -270,7 +271,7 @@ def _schedule(rng, ctx: _Ctx, seconds: float, opts: dict, scale: float, anchor, 
     visits = []
     if anchor is not None:  # a designed crossing: (t, x, y, heading, speed)
         t_c, x, y, head, spd = anchor
-        visits.append(_visit(rng, ctx, t_c, (x, y), head, spd, scale, int(rng.integers(0, 2)), int(rng.integers(0, 2))))
+        visits.append(_visit(rng, ctx, t_c, (x, y), head, spd, scale, int(rng.integers(1, 3)), int(rng.integers(1, 3))))
     elif returner:
         x, y = _free_point(rng, ctx, 0.2, 0.8)
         head = 0.0 if x > ctx.w / 2 else np.pi
@@ -281,13 +282,13 @@ def _schedule(rng, ctx: _Ctx, seconds: float, opts: dict, scale: float, anchor, 
         end = visits[-1][-1, 0]
         gap = rng.uniform(g_lo, max(g_lo, min(g_hi, seconds - end - 1.5)))
         visits.append(_entry(rng, ctx, end + gap, speed, scale))
-    elif rng.random() < 0.55:  # in view from the start
+    elif rng.random() < 0.7:  # in view from the start
         x, y = _free_point(rng, ctx, 0.05, 0.95)
         visits.append(_visit(rng, ctx, rng.uniform(0, 0.15 * seconds), (x, y), rng.uniform(0, 2 * np.pi), speed, scale,
-                             int(rng.integers(0, 3)), int(rng.integers(0, 2))))
+                             int(rng.integers(1, 4)), int(rng.integers(0, 2))))
     else:  # enters for the first time mid-sequence
         visits.append(_entry(rng, ctx, rng.uniform(0.05, 0.6) * seconds, speed, scale))
-    while rng.random() < 0.6:  # returns after a gap, or leaves for good
+    while rng.random() < 0.75:  # returns after a gap, or leaves for good
         start = visits[-1][-1, 0] + rng.uniform(g_lo, g_hi)
         if start > seconds - 1.0:
             break
@@ -331,6 +332,15 @@ def _overlap_runs(a: Obj, b: Obj, width: int, height: int) -> int:
         run = run + 1 if v else 0
         best = max(best, run)
     return best
+
+
+def _runs_touching(present: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """(T,) bool: the runs of ``present`` (whole visits) that share a frame with ``other``."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], present.astype(np.int8), [0]])))
+    out = np.zeros_like(present)
+    for a, b in zip(edges[::2], edges[1::2]):
+        out[a:b] = other[a:b].any()
+    return out
 
 
 def _figure(img, x: float, yf: float, h: float, look: Look, accent: tuple, phase: float, off: float = 0.0,
@@ -531,7 +541,7 @@ def _plan_attempt(seed, attempt, opts, w, h, fps, frames, seconds) -> ScenePlan:
     n = int(rng_look.integers(opts["objects"][0], opts["objects"][1] + 1))
     looks, look_of, accents = _looks(rng_look, n)
     bg, occluders, occ_img, mask, spots = _scenery(rng_scene, w, h)
-    ctx = _Ctx(w, h, fps, occluders)
+    ctx = _Ctx(w, h, fps, occluders, 1.2 * opts["speed"][1])
     # Designed crossings: one look-alike pair per look group, nearly head-on.
     anchors, crossings = {}, []
     for g in range(len(looks)):
@@ -562,9 +572,9 @@ def _plan_attempt(seed, attempt, opts, w, h, fps, frames, seconds) -> ScenePlan:
             if worst / fps < MAX_OVERLAP_S:
                 break
         o = best[1]
-        for p in objs:  # could not avoid a long overlap: this object stays out while it lasts
+        for p in objs:  # could not avoid a long overlap: drop this object's visits that hold one
             if _overlap_runs(o, p, w, h) / fps >= MAX_OVERLAP_S:
-                o.present &= ~p.present
+                o.present &= ~_runs_touching(o.present, p.present)
         objs.append(o)
     vis = _visibility(objs, looks, mask, w, h)
     boxes = np.stack([_boxes(o) for o in objs]) if objs else np.zeros((0, frames, 4))
@@ -589,8 +599,9 @@ def draw_frame(plan: ScenePlan, f: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _clip_box(b: np.ndarray, w: int, h: int) -> np.ndarray:
-    x0, y0 = np.clip(b[..., 0], 0, w), np.clip(b[..., 1], 0, h)
-    x1, y1 = np.clip(b[..., 0] + b[..., 2], 0, w), np.clip(b[..., 1] + b[..., 3], 0, h)
+    """x, y, w, h clipped to the image, at least 1 px wide and high (a box that shows any pixel)."""
+    x0, y0 = np.clip(b[..., 0], 0, w - 1), np.clip(b[..., 1], 0, h - 1)
+    x1, y1 = np.clip(b[..., 0] + b[..., 2], x0 + 1, w), np.clip(b[..., 1] + b[..., 3], y0 + 1, h)
     return np.stack([x0, y0, x1 - x0, y1 - y0], -1)
 
 
