@@ -25,6 +25,7 @@ test-all: lint
 
 BENCH_SPEECH := .bench/synth-speech
 BENCH_ACTIONS := .bench/synth-actions
+BENCH_TRACKS := .bench/synth-tracks
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
@@ -36,6 +37,9 @@ bench: $(STAMP)
 	test -f $(BENCH_ACTIONS)/annotations.json || $(BIN)/memstream data synth-actions --out $(BENCH_ACTIONS) \
 		--train 0 --val 0 --test 30 --jobs 2
 	$(BIN)/memstream bench action --data $(BENCH_ACTIONS)
+	test -f $(BENCH_TRACKS)/scenes.json || $(BIN)/memstream data synth-tracks --out $(BENCH_TRACKS) \
+		--train 0 --val 0 --test 12 --jobs 2
+	$(BIN)/memstream bench track --data $(BENCH_TRACKS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .bench

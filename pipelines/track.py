@@ -189,8 +189,9 @@ class TrackObjective:
                         target[r, t, j] = n
                         continue
                     if i not in slots:
-                        if len(slots) >= n:
-                            raise ValueError(f"{seq.name}: more than max_tracks={n} identities in one clip")
+                        if len(slots) >= n:  # more identities than track slots in this clip: leave them out
+                            dets[r, t, j] = 0.0
+                            continue
                         slots[i] = len(slots)
                     target[r, t, j] = slots[i] if i in last_seen else n
                     frame_gap[r, t, j] = f - last_seen[i] if i in last_seen else 0
