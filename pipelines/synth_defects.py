@@ -167,7 +167,7 @@ TRACES = (((0.21, 0.16), (0.3, 0.16), (0.3, 0.27)), ((0.21, 0.35), (0.32, 0.35))
 
 
 def _part(canvas, to_px, kind, centre, size, angle, colours, mask=False) -> None:
-    """Draw one component (or its footprint with ``mask``) through ``to_px`` (board units -> 16x fixed point)."""
+    """Draw one component (or its footprint with ``mask``: every pixel it draws set to 255) through ``to_px``."""
     def poly(pts, col):
         cv2.fillPoly(canvas, [to_px(pts)], 255 if mask else col.tolist(), cv2.LINE_8, 4)
 
@@ -182,23 +182,19 @@ def _part(canvas, to_px, kind, centre, size, angle, colours, mask=False) -> None
                 pin = np.asarray(centre) + np.array([(j - 2.5) * w / 6.5, side * h / 2])
                 poly(_box(pin, w / 14, h / 4), colours["pin"])
         poly(_box(centre, w, h), colours["ic"])
-        if not mask:
-            circle(np.asarray(centre) + [-w / 2.8, -h / 4], h / 12, colours["ic"] + 40)
+        circle(np.asarray(centre) + [-w / 2.8, -h / 4], h / 12, colours["ic"] + 40)
     elif kind == "cap":
         circle(centre, w, colours["cap"])
-        if not mask:
-            circle(centre, w * 0.7, colours["cap"] * 1.25, max(1, int(to_px.scale * w * 0.15)))
+        circle(centre, w * 0.7, colours["cap"] * 1.25, max(1, int(to_px.scale * w * 0.15)))
     elif kind == "led":
         circle(centre, w * 1.25, colours["pin"])
-        if not mask:
-            circle(centre, w, colours["led"])
+        circle(centre, w, colours["led"])
     else:  # resistor: body with three colour bands
         poly(_box(centre, w, h, angle), colours["res"])
-        if not mask:
-            for j, band in enumerate(colours["bands"]):
-                offset = (j - 1) * w * 0.22
-                poly(_box(np.asarray(centre) + offset * np.array([np.cos(angle), np.sin(angle)]), w * 0.08, h,
-                          angle), band)
+        for j, band in enumerate(colours["bands"]):
+            offset = (j - 1) * w * 0.22
+            poly(_box(np.asarray(centre) + offset * np.array([np.cos(angle), np.sin(angle)]), w * 0.08, h, angle),
+                 band)
 
 
 def _board(rng, r: int, change=None):
@@ -434,7 +430,8 @@ def plan_video(seed: int, seconds: float, fps: float, size: int, anomalous: bool
             e["colour"] = _tint(rng, [200, 40, 200] if e["type"] == "foreign_object" else [35, 40, 45], 25)
             e["radius"] = v * rng.uniform(0.04, 0.07)
             if e["on_belt"]:
-                e["xy"] = (rng.uniform(0.1, 0.5) * v, p["belt_y"] + p["belt_h"] / 2)
+                travel = p["speed"] * (e["end_frame"] - e["start_frame"] + 1) / fps  # stays in view
+                e["xy"] = (rng.uniform(0.1 * v, max(0.1 * v, 0.9 * v - travel)), p["belt_y"] + p["belt_h"] / 2)
     p["belt_pos"] = rng.uniform(0, p["spacing"]) + np.cumsum(belt) * p["speed"] / fps
     p["phase"] = rng.uniform(0, 2 * np.pi) + np.cumsum(pend) * 2 * np.pi / p["period"] / fps
     light_phase = rng.uniform(0, 1) + np.cumsum(blink) / p["blink"] / fps
@@ -585,7 +582,8 @@ def check_options(categories=None, images=True, video=True, seed=0, jobs=1, **op
     for key, (lo, hi) in {"video_seconds": (5.0, 3600.0), "fps": (1.0, 120.0)}.items():
         v = opts[key]
         if not isinstance(v, int | float) or not np.isfinite(v) or not lo <= v <= hi:
-            bad.append(f"--{key.replace('_', '-')} {v}: must be within {lo:g}-{hi:g}")
+            shown = f"{v:g}" if isinstance(v, int | float) else v
+            bad.append(f"--{key.replace('_', '-')} {shown}: must be within {lo:g}-{hi:g}")
     if not images and not video:
         bad.append("--no-images --no-video: nothing to generate")
     if bad:
