@@ -326,7 +326,7 @@ def _stain(rng, img, inside, start, contrast):
         axes = (max(2, int(rad * rng.uniform(0.5, 1.0))), max(2, int(rad * rng.uniform(0.5, 1.0))))
         cv2.ellipse(m, (int(c[0]), int(c[1])), axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
     m = cv2.GaussianBlur(m, (0, 0), rad / 3)
-    alpha = np.clip((m - 0.1) / 0.9, 0, 1) * inside * rng.uniform(0.25, 0.8) * contrast
+    alpha = np.clip((m - 0.1) / 0.9, 0, 1) * inside * rng.uniform(0.5, 0.9) * contrast
     colour = _tint(rng, rng.choice([[30, 60, 90], [20, 20, 20], [60, 140, 170], [120, 60, 120]]), 20)
     img[:] = img * (1 - alpha[..., None]) + colour * alpha[..., None]
     return alpha > 0
