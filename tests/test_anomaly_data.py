@@ -96,6 +96,23 @@ def test_find_categories_skips_non_categories(tmp_path):
         find_categories(tmp_path / "missing_root")
 
 
+def test_reads_the_synthetic_set(tmp_path):
+    from memstream.pipelines.synth_defects import CATEGORIES, generate
+
+    generate(tmp_path / "synth", train=2, test_good=1, test_defect=1, size=32, video_train=1, video_test=1,
+             video_seconds=5.0, video_size=64)
+    categories = find_categories(tmp_path / "synth")  # video/ (train/, test/ without good/) is not a category
+    assert [p.name for p in categories] == sorted(CATEGORIES)
+    for folder in categories:
+        data = read_mvtec(folder)
+        assert len(data.train) == 2 and data.defects == sorted(CATEGORIES[folder.name][1])
+        for s in data.test:
+            assert (s.mask_path is None) == (s.label == 0)
+            if s.mask_path is not None:
+                assert load_mask(s.mask_path).shape == load_image(s.path).shape[:2] == (32, 32)
+                assert load_mask(s.mask_path).any()
+
+
 def test_read_mvtec_extensions_order_and_mask_names(tmp_path):
     root = _category(tmp_path / "cat", defects=())
     _png(root / "train" / "good" / "b.JPG")
