@@ -160,8 +160,12 @@ class TrackObjective:
                         y0, y1 = int((box[1] - box[3] / 2) * hh), int((box[1] + box[3] / 2) * hh) + 1
                         heat_w[r, t, max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 0.0
                         continue
-                    _gaussian(heat[r, t], gx - 0.5, gy - 0.5, max(0.5, box[2] * ww / 6), max(0.5, box[3] * hh / 6))
-                    if c < 64 and 0 <= gx < ww and 0 <= gy < hh:
+                    if not (0 <= gx < ww and 0 <= gy < hh):
+                        continue
+                    # CenterNet: the peak (exactly 1, the focal loss's positive) sits on the centre's cell; the
+                    # offset head regresses where in that cell the centre lies.
+                    _gaussian(heat[r, t], int(gx), int(gy), max(0.5, box[2] * ww / 6), max(0.5, box[3] * hh / 6))
+                    if c < 64:
                         centre[r, t, c] = int(gy) * ww + int(gx)
                         centre_ok[r, t, c] = True
                         size_t[r, t, c] = (np.log(max(box[2], 1e-3) / 0.1), np.log(max(box[3], 1e-3) / 0.1),

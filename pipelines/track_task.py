@@ -155,7 +155,7 @@ def track_sequence(seq: MotSequence, tracker: str = "memstream", checkpoint: str
                          "normalise its boxes")
     be, model = prepared or make_backend(checkpoint, backend, public, threads)
     cfg = model.cfg
-    rules = rules if isinstance(rules, TrackRules) else load_rules(rules)
+    rules = rules if isinstance(rules, TrackRules) else load_rules(rules, own_detections=not public)
     mot = MemstreamTracker(be, cfg, rules, seq.info.frame_rate, appearance=images, memory=memory)
     dets_by_frame = rows_by_frame(seq.det) if public else {}
     h, w = cfg.image_size
@@ -232,7 +232,7 @@ class TrackTask:
         if model is None:
             model, _ = load_track_model(checkpoint)
         self.model = model.eval()
-        self.rules = rules if isinstance(rules, TrackRules) else load_rules(rules)
+        self.rules = rules if isinstance(rules, TrackRules) else load_rules(rules, own_detections=True)
         self.segment_size = 1
         self.frame_size = tuple(model.cfg.image_size)
         self.rate = self.frame_rate = frame_rate

@@ -59,6 +59,9 @@ def test_objective_targets_and_loss(scenes):
                 assert s == n or s in written
                 continued += s < n
     assert continued > 0
+    # every visible object's centre cell is a heatmap peak of exactly 1 (the focal loss's positives)
+    peaks, centres = int((batch["heat"] == 1.0).sum()), int(batch["centre_ok"].sum())
+    assert 0 < peaks <= centres and peaks >= 0.9 * centres
     loss, _, stats = track_loss(model, batch)
     assert torch.isfinite(loss)
     loss.backward()
