@@ -41,6 +41,9 @@ examples:
   memstream run track --source street.mp4 --overlay tracks.mp4   # boxes with ids that survive occlusions
   memstream train track --data data/tracks --out runs/track
   memstream eval track --data MOT15 --results sort_results/ --json   # HOTA/MOTA/IDF1 of any tracker's files
+  memstream data synth-defects --out data/defects   # textures/objects with defects (MVTec layout) + videos
+  memstream train anomaly --data data/defects --category nut --out runs/nut   # normal images only
+  memstream run anomaly --source cam.mp4 --overlay heat.mp4   # score + heat map per frame, calibrated threshold
   memstream data longform --data LibriSpeech/test-clean --out test-clean-long   # chapters -> 5-20 min recordings
 
 Run `memstream <command> <task> --help` for a task's options.
@@ -77,23 +80,29 @@ def _core(name: str) -> Handler:
 COMMANDS: dict[str, tuple[str, dict[str, Handler]]] = {
     "demo": ("run the demo on bundled models and media", {"": _run("demo", "cli_demo")}),
     "run": ("run a task on live or recorded streams",
-            {"asr": _run("asr"), "action": _run("action"), "track": _run("track"), "core": _run("core_task")}),
+            {"asr": _run("asr"), "action": _run("action"), "track": _run("track"), "anomaly": _run("anomaly_task"),
+             "core": _run("core_task")}),
     "eval": ("evaluate a model, print its metrics",
              {"asr": _run("asr_eval", "cli_eval"), "action": _run("action_eval", "cli_eval"),
-              "track": _run("track_eval", "cli_eval"), "recall": _recall("cli_eval")}),
+              "track": _run("track_eval", "cli_eval"), "anomaly": _run("anomaly_eval", "cli_eval"),
+              "recall": _recall("cli_eval")}),
     "train": ("train a model and write a checkpoint",
               {"asr": _run("asr", "cli_train"), "action": _run("action", "cli_train"),
-               "track": _run("track", "cli_train"), "recall": _recall("cli_train")}),
+               "track": _run("track", "cli_train"), "anomaly": _run("anomaly", "cli_train"),
+               "recall": _recall("cli_train")}),
     "export": ("export a model's streaming step to ONNX",
                {"asr": _run("asr", "cli_export"), "action": _run("action", "cli_export"),
-                "track": _run("track", "cli_export"), "core": _core("cli_export")}),
+                "track": _run("track", "cli_export"), "anomaly": _run("anomaly_task", "cli_export"),
+                "core": _core("cli_export")}),
     "bench": ("measure speed and accuracy, print one JSON object",
               {"asr": _run("asr_bench", "cli_bench"), "action": _run("action_bench", "cli_bench"),
-               "track": _run("track_bench", "cli_bench"), "core": _core("cli_bench"), "recall": _recall("cli_bench")}),
+               "track": _run("track_bench", "cli_bench"), "anomaly": _run("anomaly_bench", "cli_bench"),
+               "core": _core("cli_bench"), "recall": _recall("cli_bench")}),
     "data": ("make or inspect data", {"inspect": _run("data_tools", "cli_inspect"),
                                       "synth-speech": _run("synth_speech", "cli_synth_speech"),
                                       "synth-actions": _run("synth_actions", "cli_synth_actions"),
                                       "synth-tracks": _run("synth_tracks", "cli_synth_tracks"),
+                                      "synth-defects": _run("synth_defects", "cli_synth_defects"),
                                       "longform": _run("data_tools", "cli_longform")}),
 }
 

@@ -1,0 +1,436 @@
+"""Anomaly detection with memory of normality (MemMC-MAE / MemAE lineage, PatchCore's feature memory).
+
+Trained on normal images (or footage) only. An image is cut into ``patch`` x ``patch`` tokens:
+
+- **Encoder** (ViT style, timm's ``PatchEmbed``): pre-norm blocks whose self-attention also attends to
+  ``memory_slots`` learned memory slots (MemMC-MAE: prototypes of normal patterns); optionally MemAE's
+  addressing with hard shrinkage rewrites the last level from ``memae_items`` memory items.
+- **Masked autoencoder**: training hides a random ``mask_ratio`` of the patches; the encoder sees the rest;
+  the decoder's queries (one per patch) cross-attend to several encoder levels (``decoder_levels``) and
+  reconstruct the pixels.
+- **Scores** (all maps (B, H, W), standardised by their statistics on the normal training images, so they
+  are comparable and can be summed):
+  ``reconstruction``: the squared error of each patch reconstructed while hidden, under ``score_masks``
+  complementary masks (every patch hidden exactly once); ``features``: the distance of each patch's feature
+  (encoder level ``feature_level``, whole image visible) to its nearest neighbour in a **memory bank of
+  normal patch features** (PatchCore: a greedy coreset of the training patches, ``bank_size`` entries, a
+  fixed-capacity buffer with a validity mask); ``fused``: their sum. Image score: the map's maximum.
+- **Temporal memory** (``temporal``, video): each frame's pooled token grid goes through the shared core
+  (``queue`` memory, causal); a head predicts the next frame's pooled grid; the temporal score is the
+  standardised prediction error, so a frame is judged against what this stream has looked like (the belt
+  has stopped, the light is stuck): normal in appearance, wrong at this moment.
+
+Frames: (B, T, H, W, 3) uint8 RGB at ``image_size``. Thresholds are never part of the model: the decoder
+calibrates them in the stream (:mod:`memstream.pipelines.anomaly_task`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from memstream.memory import CoreConfig, MemoryCore, reset_state
+from memstream.memory.config import check_known_fields
+from memstream.models.registry import register_model
+from timm.layers import Mlp, PatchEmbed
+from torch import Tensor, nn
+
+SCORES = ("fused", "reconstruction", "features")
+
+
+class AnomalyOutput(NamedTuple):
+    anomaly_map: Tensor  # (B, T, H, W) the configured score map (standardised)
+    image_score: Tensor  # (B, T) spatial score: the map's maximum
+    temporal: Tensor     # (B, T) standardised next-frame prediction error (0 without temporal memory)
+    score: Tensor        # (B, T) frame score: image_score + temporal
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """Hyper-parameters of :class:`AnomalyModel` (see the module docstring)."""
+
+    image_size: int = 128
+    patch: int = 8
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    decoder_depth: int = 2
+    decoder_levels: tuple[int, ...] = (1, 3)
+    memory_slots: int = 32
+    addressing: str = "none"
+    memae_items: int = 64
+    shrink: float = 0.02
+    mask_ratio: float = 0.5
+    score_masks: int = 4
+    feature_level: int = 1
+    bank_size: int = 4096
+    score: str = "fused"
+    blur_sigma: float = 2.0
+    temporal: CoreConfig | None = None
+    temporal_grid: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decoder_levels", tuple(self.decoder_levels))
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"AnomalyConfig: {message}")
+
+        need(self.image_size % self.patch == 0,
+             f"image_size={self.image_size} must be a multiple of patch={self.patch}")
+        need(self.dim % self.heads == 0, f"dim={self.dim} must divide by heads={self.heads}")
+        need(all(0 <= lv < self.depth for lv in self.decoder_levels) and self.decoder_levels,
+             f"decoder_levels={self.decoder_levels} must name encoder blocks 0..{self.depth - 1}")
+        need(0 <= self.feature_level < self.depth, f"feature_level={self.feature_level} must be in 0..{self.depth - 1}")
+        need(self.addressing in ("none", "memae"), f"addressing={self.addressing!r} must be 'none' or 'memae'")
+        need(0.0 < self.mask_ratio < 1.0, f"mask_ratio={self.mask_ratio} must be in (0, 1)")
+        need(self.score_masks >= 2 and self.tokens % self.score_masks == 0,
+             f"score_masks={self.score_masks} must be >= 2 and divide the {self.tokens} patches")
+        need(self.score in SCORES, f"score={self.score!r} must be one of {', '.join(SCORES)}")
+        need(self.bank_size >= 1 and self.memory_slots >= 0, "bank_size must be >= 1, memory_slots >= 0")
+        if self.temporal is not None:
+            need(self.temporal.causal, "temporal core must be causal (it predicts the next frame)")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+    @property
+    def tokens(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def segment(self) -> int:
+        return self.temporal.segment if self.temporal is not None else 1
+
+    def replace(self, **changes) -> AnomalyConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["decoder_levels"] = list(self.decoder_levels)
+        d["temporal"] = self.temporal.to_dict() if self.temporal is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AnomalyConfig:
+        check_known_fields(cls, d)
+        temporal = CoreConfig.from_dict(d["temporal"]) if d.get("temporal") else None
+        return cls(**{**d, "temporal": temporal})
+
+
+class _Attention(nn.Module):
+    """Multi-head attention of queries over keys/values, optionally with learned memory slots appended."""
+
+    def __init__(self, dim: int, heads: int, slots: int = 0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.slots = nn.Parameter(torch.randn(slots, dim) * 0.02) if slots else None
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        """x: (B, N, D) queries, context: (B, M, D) -> (B, N, D)."""
+        b, n, d = x.shape
+        if self.slots is not None:
+            context = torch.cat((context, self.slots.expand(b, -1, -1)), dim=1)
+        h = self.heads
+        q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
+        k, v = self.kv(context).view(b, context.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+
+
+class _EncoderBlock(nn.Module):
+    """Pre-norm block whose self-attention also reads the memory slots (MemMC-MAE)."""
+
+    def __init__(self, dim: int, heads: int, slots: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = _Attention(dim, heads, slots)
+        self.mlp = Mlp(dim, 2 * dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h)
+        return x + self.mlp(self.norm2(x))
+
+
+class _DecoderBlock(nn.Module):
+    """Self-attention among the patch queries, then cross-attention to the encoder levels."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2, self.norm_ctx, self.norm3 = (nn.LayerNorm(dim) for _ in range(4))
+        self.self_attn, self.cross = _Attention(dim, heads), _Attention(dim, heads)
+        self.mlp = Mlp(dim, 2 * dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h)
+        x = x + self.cross(self.norm2(x), self.norm_ctx(context))
+        return x + self.mlp(self.norm3(x))
+
+
+class _MemAE(nn.Module):
+    """MemAE addressing: softmax weights over memory items, hard shrinkage, re-normalised read."""
+
+    def __init__(self, dim: int, items: int, shrink: float) -> None:
+        super().__init__()
+        self.items = nn.Parameter(torch.randn(items, dim) * 0.02)
+        self.shrink = shrink
+
+    def forward(self, z: Tensor) -> Tensor:
+        w = torch.softmax(z @ self.items.t(), dim=-1)
+        w = F.relu(w - self.shrink) * w / ((w - self.shrink).abs() + 1e-12)
+        w = w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+        return w @ self.items
+
+
+def _gaussian_kernel(sigma: float) -> Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-(x ** 2) / (2 * sigma * sigma))
+    return (g / g.sum()).view(1, 1, -1)
+
+
+class AnomalyModel(nn.Module):
+    """Frames -> anomaly maps and scores, streaming. See the module docstring.
+
+    Streaming: ``out, state = model.step(x, state, reset, mask)`` with x: (B, T, H, W, 3) uint8 RGB,
+    T = ``cfg.segment``; ``out`` is an :class:`AnomalyOutput`. Images: :meth:`score_images`.
+    """
+
+    def __init__(self, cfg: AnomalyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, n = cfg.dim, cfg.tokens
+        self.embed = PatchEmbed(cfg.image_size, cfg.patch, 3, d)
+        self.pos = nn.Parameter(torch.randn(1, n, d) * 0.02)
+        self.blocks = nn.ModuleList(_EncoderBlock(d, cfg.heads, cfg.memory_slots) for _ in range(cfg.depth))
+        self.memae = _MemAE(d, cfg.memae_items, cfg.shrink) if cfg.addressing == "memae" else None
+        self.level_norm = nn.LayerNorm(d)
+        self.query = nn.Parameter(torch.randn(1, n, d) * 0.02)
+        self.decoder = nn.ModuleList(_DecoderBlock(d, cfg.heads) for _ in range(cfg.decoder_depth))
+        self.head = nn.Linear(d, cfg.patch * cfg.patch * 3)
+        # complementary scoring masks: a fixed permutation of the patches in score_masks groups
+        groups = torch.randperm(n, generator=torch.Generator().manual_seed(0)).view(cfg.score_masks, -1)
+        self.register_buffer("groups", groups, persistent=False)
+        self.register_buffer("blur", _gaussian_kernel(cfg.blur_sigma), persistent=False)
+        # fitted on normal training data (memstream.pipelines.anomaly.fit_normality): saved with the weights
+        self.register_buffer("bank", torch.zeros(cfg.bank_size, d))
+        self.register_buffer("bank_valid", torch.zeros(cfg.bank_size, dtype=torch.bool))
+        self.register_buffer("stats", torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))  # rec, feature, temporal mu/sd
+        if cfg.temporal is not None:
+            t = cfg.temporal
+            width = d * cfg.temporal_grid ** 2
+            self.frame_in = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, t.dim))
+            self.core = MemoryCore(t)
+            self.predict = nn.Linear(t.dim, width)
+            self._core_fields = tuple(self.core.init_state(1)._fields)
+            fields = ("prev_pred", "prev_ok", *self._core_fields)
+        else:
+            self.core = None
+            fields = ("frames_seen",)
+        self.State = NamedTuple("AnomalyState", [(f, Tensor) for f in fields])
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_spec(self, batch: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        cfg = self.cfg
+        if self.core is None:
+            return {"frames_seen": ((batch,), torch.int64)}
+        width = cfg.dim * cfg.temporal_grid ** 2
+        return {"prev_pred": ((batch, width), torch.float32), "prev_ok": ((batch,), torch.bool),
+                **self.core.state_spec(batch)}
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> NamedTuple:
+        spec = self.state_spec(batch)
+        return self.State(**{k: torch.zeros(s, dtype=dt, device=device) for k, (s, dt) in spec.items()})
+
+    # -- the masked autoencoder ----------------------------------------------------------------------
+    def tokens(self, frames: Tensor) -> Tensor:
+        """(F, H, W, 3) uint8 -> (F, N, D) patch tokens with positions."""
+        x = frames.permute(0, 3, 1, 2).float() / 255.0 - 0.5
+        return self.embed(x) + self.pos
+
+    def patches(self, frames: Tensor) -> Tensor:
+        """(F, H, W, 3) uint8 -> (F, N, p*p*3) pixel targets in [-0.5, 0.5]."""
+        p, g = self.cfg.patch, self.cfg.grid
+        x = frames.float() / 255.0 - 0.5
+        return x.view(-1, g, p, g, p, 3).permute(0, 1, 3, 2, 4, 5).reshape(x.shape[0], g * g, p * p * 3)
+
+    def encode(self, tokens: Tensor) -> list[Tensor]:
+        """(F, M, D) visible tokens -> the output of every encoder block."""
+        levels = []
+        x = tokens
+        for block in self.blocks:
+            x = block(x)
+            levels.append(x)
+        if self.memae is not None:
+            levels[-1] = self.memae(levels[-1])
+        return levels
+
+    def reconstruct(self, tokens: Tensor, visible: Tensor) -> Tensor:
+        """tokens (F, N, D), visible (F, M) int64 patch indices -> reconstructed patches (F, N, p*p*3)."""
+        seen = tokens.gather(1, visible.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        levels = self.encode(seen)
+        context = self.level_norm(torch.cat([levels[i] for i in self.cfg.decoder_levels], dim=1))
+        q = self.query.expand(tokens.shape[0], -1, -1) + self.pos
+        for block in self.decoder:
+            q = block(q, context)
+        return self.head(q)
+
+    def features(self, frames: Tensor) -> Tensor:
+        """(F, H, W, 3) uint8, whole image visible -> (F, N, D) patch features of ``feature_level`` (the bank's)."""
+        x = self.tokens(frames)
+        for block in self.blocks[: self.cfg.feature_level + 1]:
+            x = block(x)
+        return x
+
+    # -- maps ----------------------------------------------------------------------------------------
+    def _smooth(self, m: Tensor) -> Tensor:
+        """(F, H, W) -> Gaussian-blurred (separable, reflect padding)."""
+        k = self.blur
+        r = k.shape[-1] // 2
+        f, h, w = m.shape
+        x = F.conv1d(F.pad(m.reshape(f * h, 1, w), (r, r), mode="reflect"), k).view(f, h, w)
+        x = F.conv1d(F.pad(x.transpose(1, 2).reshape(f * w, 1, h), (r, r), mode="reflect"), k)
+        return x.view(f, w, h).transpose(1, 2)
+
+    def _upsample(self, grid_map: Tensor) -> Tensor:
+        """(F, N) per patch -> (F, H, W)."""
+        g, s = self.cfg.grid, self.cfg.image_size
+        return F.interpolate(grid_map.view(-1, 1, g, g), size=(s, s), mode="bilinear", align_corners=False)[:, 0]
+
+    def reconstruction_map(self, frames: Tensor, tokens: Tensor) -> Tensor:
+        """Squared error per pixel, each patch reconstructed while hidden (``score_masks`` passes) -> (F, H, W)."""
+        cfg = self.cfg
+        p, g = cfg.patch, cfg.grid
+        target = self.patches(frames)
+        f, n = target.shape[:2]
+        error = torch.zeros(f, n, p * p, device=frames.device)
+        everything = torch.arange(n, device=frames.device)
+        for k in range(cfg.score_masks):
+            hidden = self.groups[k]
+            keep = torch.ones(n, dtype=torch.bool, device=frames.device).index_fill(0, hidden, False)
+            rec = self.reconstruct(tokens, everything[keep].expand(f, -1))
+            e = (rec[:, hidden] - target[:, hidden]).pow(2).view(f, -1, p * p, 3).mean(-1)  # (F, N/K, p*p)
+            error = error.index_copy(1, hidden, e)
+        return error.view(f, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(f, g * p, g * p)
+
+    def feature_map(self, feats: Tensor) -> Tensor:
+        """Patch features (F, N, D) -> nearest-neighbour distance to the normal bank, upsampled (F, H, W)."""
+        dist = torch.cdist(feats, self.bank.unsqueeze(0).expand(feats.shape[0], -1, -1))  # (F, N, C)
+        dist = dist.masked_fill(~self.bank_valid.view(1, 1, -1), float("inf")).amin(-1)
+        dist = torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist))  # an empty bank scores 0
+        return self._upsample(dist)
+
+    def spatial(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(F, H, W, 3) uint8 -> (standardised map (F, H, W), image score (F,), last encoder level (F, N, D))."""
+        cfg, s = self.cfg, self.stats
+        rec, feat, last = self.raw_maps(frames, cfg.score)
+        maps = []
+        if rec is not None:
+            maps.append((rec - s[0]) / s[1])
+        if feat is not None:
+            maps.append((feat - s[2]) / s[3])
+        anomaly_map = maps[0] if len(maps) == 1 else maps[0] + maps[1]
+        return anomaly_map, anomaly_map.flatten(1).amax(1), last
+
+    def raw_maps(self, frames: Tensor, which: str = "fused") -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """Unstandardised smoothed (reconstruction, feature) maps (None where ``which`` leaves one out) and the
+        whole image's last encoder level; one full encoder pass serves the feature map and the temporal grid."""
+        tokens = self.tokens(frames)
+        levels = self.encode(tokens)
+        rec = self._smooth(self.reconstruction_map(frames, tokens)) if which in ("fused", "reconstruction") else None
+        feat = self._smooth(self.feature_map(levels[self.cfg.feature_level])) if which in ("fused", "features") \
+            else None
+        return rec, feat, levels[-1]
+
+    # -- temporal memory -----------------------------------------------------------------------------
+    def frame_grid(self, tokens: Tensor) -> Tensor:
+        """Token grid (F, N, D) of the whole image -> pooled to temporal_grid^2 cells, flattened (F, G*G*D)."""
+        cfg = self.cfg
+        grid = self.level_norm(tokens).transpose(1, 2).reshape(-1, cfg.dim, cfg.grid, cfg.grid)
+        return F.adaptive_avg_pool2d(grid, cfg.temporal_grid).flatten(1)
+
+    def temporal_errors(self, grids: Tensor, y: Tensor, prev_pred: Tensor, prev_ok: Tensor,
+                        mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """grids (B, T, W) targets, y (B, T, Dc) core outputs -> (errors (B, T), ok (B, T), last prediction)."""
+        pred = self.predict(y)  # prediction of the NEXT frame's grid, (B, T, W)
+        before = torch.cat((prev_pred.unsqueeze(1), pred[:, :-1]), dim=1)
+        ok = torch.cat((prev_ok.unsqueeze(1), mask[:, :-1]), dim=1) & mask
+        err = (before - grids.detach()).pow(2).mean(-1)
+        return err, ok, pred
+
+    # -- streaming -----------------------------------------------------------------------------------
+    def _check(self, x: Tensor, where: str) -> None:
+        s, t = self.cfg.image_size, self.cfg.segment
+        if x.dim() != 5 or tuple(x.shape[1:]) != (t, s, s, 3) or x.dtype != torch.uint8:
+            raise ValueError(f"AnomalyModel.{where}: frames of shape {tuple(x.shape)} {x.dtype}; the model takes "
+                             f"(B, {t}, {s}, {s}, 3) uint8 RGB")
+
+    def step(self, x: Tensor, state: NamedTuple, reset: Tensor | None = None,
+             mask: Tensor | None = None) -> tuple[AnomalyOutput, NamedTuple]:
+        """One segment of T frames for every stream -> (:class:`AnomalyOutput`, state)."""
+        self._check(x, "step")
+        b, t = x.shape[:2]
+        if mask is None:
+            mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
+        if reset is not None:
+            state = reset_state(state, reset)
+        amap, image_score, tokens = self.spatial(x.flatten(0, 1))
+        amap, image_score = amap.unflatten(0, (b, t)), image_score.view(b, t)
+        if self.core is None:
+            temporal = torch.zeros_like(image_score)
+            new_state = self.State(state.frames_seen + mask.sum(1))
+        else:
+            s = self.stats
+            grids = self.frame_grid(tokens).view(b, t, -1)
+            core_state = self.core.State(*state[2:])
+            y, core_state = self.core.step(self.frame_in(grids), core_state, None, mask)
+            err, ok, pred = self.temporal_errors(grids, y, state.prev_pred, state.prev_ok, mask)
+            temporal = torch.where(ok, (err - s[4]) / s[5], torch.zeros_like(err))
+            last = mask.long().sum(1).clamp(min=1) - 1
+            keep = mask.any(1)
+            prev_pred = torch.where(keep.unsqueeze(-1), pred[torch.arange(b), last], state.prev_pred)
+            prev_ok = state.prev_ok | keep
+            new_state = self.State(prev_pred, prev_ok, *core_state)
+        score = image_score + temporal
+        return AnomalyOutput(amap, image_score, temporal, score), new_state
+
+    def forward_sequence(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Temporal training on whole clips: x (B, S, H, W, 3) -> (errors (B, S), ok (B, S)); the spatial part is
+        evaluated without gradients (it is trained first, as a masked autoencoder)."""
+        if self.core is None:
+            raise ValueError("AnomalyModel.forward_sequence: the model has no temporal memory (temporal=None)")
+        b, s = x.shape[:2]
+        if mask is None:
+            mask = torch.ones(b, s, dtype=torch.bool, device=x.device)
+        with torch.no_grad():
+            grids = self.frame_grid(self.encode(self.tokens(x.flatten(0, 1)))[-1]).view(b, s, -1)
+        y = self.core.forward_sequence(self.frame_in(grids), mask)
+        zeros = torch.zeros(b, grids.shape[-1], device=x.device)
+        err, ok, _ = self.temporal_errors(grids, y, zeros, torch.zeros(b, dtype=torch.bool, device=x.device), mask)
+        return err, ok
+
+
+# -- presets ----------------------------------------------------------------------------------------------
+@register_model
+def anomaly_small(**overrides) -> AnomalyModel:
+    """128x128 images in 8x8 patches, width 128, 4 encoder blocks with 32 memory slots each, a 2-block decoder
+    reading encoder levels 1 and 3; a 4096-entry bank of normal patch features; a causal width-128 core with a
+    queue of 64 frames for video (segments of 4 frames)."""
+    temporal = CoreConfig(dim=128, heads=4, layers=2, ff_mult=2, segment=4, memory="queue", memory_length=64,
+                          causal=True, dropout=0.0)
+    core_fields = {f.name for f in dataclasses.fields(CoreConfig)}
+    if overrides.pop("no_temporal", False):
+        temporal = None
+    elif temporal is not None:
+        temporal = temporal.replace(**{k.removeprefix("temporal_"): v for k, v in overrides.items()
+                                       if k.startswith("temporal_") and k.removeprefix("temporal_") in core_fields})
+    overrides = {k: v for k, v in overrides.items()
+                 if not (k.startswith("temporal_") and k.removeprefix("temporal_") in core_fields)}
+    return AnomalyModel(AnomalyConfig(temporal=temporal, **overrides))

@@ -1,0 +1,275 @@
+"""Training the anomaly model (`memstream train anomaly`) on normal images or footage only.
+
+1. **Masked autoencoder** on normal images (an MVTec-layout category's ``train/good``, a plain folder, or frames
+   of normal training videos): each step hides a random ``mask_ratio`` of every image's patches; the loss is
+   the squared error of the hidden patches' pixels.
+2. **Temporal memory** (video only, ``--temporal-steps``): clips of normal training videos; the core learns to
+   predict each frame's pooled token grid from the frames before it (the spatial part is frozen).
+3. **Normality fit** (:func:`fit_normality`): the memory bank of normal patch features (a greedy coreset,
+   PatchCore) from most training images, and the statistics that standardise the scores from the others
+   (held out, so the bank's self-matches do not make normal look too normal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from memstream.models import build, save_checkpoint
+from memstream.models.anomaly import AnomalyModel
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+def load_images(paths: list[Path], size: int) -> np.ndarray:
+    from memstream.pipelines.anomaly_data import load_image
+
+    return np.stack([load_image(p, size) for p in paths]) if paths else np.zeros((0, size, size, 3), np.uint8)
+
+
+def read_video_frames(path: str | Path, size: int) -> np.ndarray:
+    """All frames of a video file, RGB, resized to ``size`` x ``size`` -> (F, size, size, 3) uint8."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)[..., ::-1])
+    cap.release()
+    if not frames:
+        raise ValueError(f"{path}: no frames could be decoded")
+    return np.ascontiguousarray(np.stack(frames))
+
+
+class MaeObjective:
+    """:class:`memstream.pipelines.train.Objective`: masked-patch reconstruction of normal images."""
+
+    def __init__(self, model: AnomalyModel, images: np.ndarray, *, batch: int = 16, steps_per_epoch: int = 100,
+                 extra_config: dict | None = None) -> None:
+        if not len(images):
+            raise ValueError("MaeObjective: no training images")
+        self.model, self.images, self.batch = model, images, batch
+        self.steps_per_epoch, self.extra_config = steps_per_epoch, extra_config or {}
+
+    def batches(self, rank: int, world: int, seed: int, epoch: int) -> Iterator[dict]:
+        rng = np.random.default_rng(seed * 100_003 + epoch)
+        n = self.model.cfg.tokens
+        keep = max(1, int(round(n * (1 - self.model.cfg.mask_ratio))))
+        for k in range(self.steps_per_epoch):
+            pick = rng.integers(0, len(self.images), self.batch)
+            x = self.images[pick].copy()
+            flip = rng.random(self.batch) < 0.5  # mirror images: cheap variety for 50-image training sets
+            x[flip] = x[flip, :, ::-1]
+            gain = rng.uniform(0.95, 1.05, (self.batch, 1, 1, 1))
+            x = np.clip(x.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+            visible = np.sort(np.argsort(rng.random((self.batch, n)), axis=1)[:, :keep], axis=1)
+            if k % world == rank:
+                yield {"x": torch.from_numpy(x), "visible": torch.from_numpy(visible)}
+
+    def windows(self, batch) -> int:
+        return 1
+
+    def init_state(self, model, batch) -> None:
+        return None
+
+    def loss(self, model: AnomalyModel, batch: dict, window: int, state) -> tuple[Tensor, None, dict[str, float]]:
+        x, visible = batch["x"], batch["visible"]
+        tokens = model.tokens(x)
+        rec = model.reconstruct(tokens, visible)
+        target = model.patches(x)
+        hidden = torch.ones(rec.shape[:2], dtype=torch.bool).scatter(1, visible, False)
+        err = (rec - target).pow(2).mean(-1)
+        loss = (err * hidden).sum() / hidden.sum()
+        return loss, None, {"mse_hidden": float(loss.detach()), "samples": int(x.shape[0])}
+
+    def checkpoint_config(self) -> dict:
+        return {"model": "anomaly", "config": self.model.cfg.to_dict(), **self.extra_config}
+
+
+class TemporalObjective(MaeObjective):
+    """Next-frame prediction of the pooled token grid over clips of normal videos (spatial part frozen)."""
+
+    def __init__(self, model: AnomalyModel, videos: list[np.ndarray], *, clip_frames: int = 32, batch: int = 4,
+                 steps_per_epoch: int = 100, extra_config: dict | None = None) -> None:
+        if not videos:
+            raise ValueError("TemporalObjective: no training videos")
+        t = model.cfg.segment
+        self.model, self.videos, self.batch = model, videos, batch
+        self.clip = max(t, clip_frames // t * t)
+        self.steps_per_epoch, self.extra_config = steps_per_epoch, extra_config or {}
+
+    def batches(self, rank: int, world: int, seed: int, epoch: int) -> Iterator[dict]:
+        rng = np.random.default_rng(seed * 100_003 + epoch + 7)
+        for k in range(self.steps_per_epoch):
+            clips = []
+            for _ in range(self.batch):
+                v = self.videos[rng.integers(len(self.videos))]
+                start = int(rng.integers(0, max(1, len(v) - self.clip + 1)))
+                clip = v[start:start + self.clip]
+                clips.append(np.concatenate((clip, np.repeat(clip[-1:], self.clip - len(clip), 0))) if len(clip) <
+                             self.clip else clip)
+            if k % world == rank:
+                yield {"x": torch.from_numpy(np.stack(clips))}
+
+    def loss(self, model: AnomalyModel, batch: dict, window: int, state) -> tuple[Tensor, None, dict[str, float]]:
+        err, ok = model.forward_sequence(batch["x"])
+        loss = (err * ok).sum() / ok.sum().clamp(min=1)
+        return loss, None, {"mse_next": float(loss.detach()), "samples": int(ok.sum())}
+
+
+def coreset(features: Tensor, size: int, seed: int = 0) -> Tensor:
+    """PatchCore's greedy k-center coreset (on a 64-d random projection): ``size`` rows of ``features`` (M, D)."""
+    m = features.shape[0]
+    if m <= size:
+        return features
+    g = torch.Generator().manual_seed(seed)
+    proj = features @ torch.randn(features.shape[1], min(64, features.shape[1]), generator=g)
+    chosen = [int(torch.randint(m, (1,), generator=g))]
+    dist = (proj - proj[chosen[0]]).pow(2).sum(-1)
+    for _ in range(size - 1):
+        nxt = int(dist.argmax())
+        chosen.append(nxt)
+        dist = torch.minimum(dist, (proj - proj[nxt]).pow(2).sum(-1))
+    return features[torch.tensor(chosen)]
+
+
+@torch.no_grad()
+def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarray] | None = None,
+                  holdout: float = 0.2, batch: int = 16, seed: int = 0) -> dict:
+    """Fill the feature bank and the score statistics from normal data (see the module docstring)."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(images))
+    n_out = max(1, int(round(len(images) * holdout))) if len(images) > 2 else 0
+    held, bank_images = images[order[:n_out]], images[order[n_out:]]
+    feats = torch.cat([model.features(torch.from_numpy(bank_images[i:i + batch])).flatten(0, 1)
+                       for i in range(0, len(bank_images), batch)])
+    bank = coreset(feats, model.cfg.bank_size, seed)
+    model.bank.zero_()
+    model.bank[: len(bank)] = bank
+    model.bank_valid.zero_()
+    model.bank_valid[: len(bank)] = True
+    probe = held if len(held) else bank_images
+    rec, feat = [], []
+    for i in range(0, len(probe), batch):
+        r, f, _ = model.raw_maps(torch.from_numpy(probe[i:i + batch]))
+        rec.append(r)
+        feat.append(f)
+    rec_t, feat_t = torch.cat(rec), torch.cat(feat)
+    stats = [float(rec_t.mean()), float(rec_t.std().clamp(min=1e-6)), float(feat_t.mean()),
+             float(feat_t.std().clamp(min=1e-6)), 0.0, 1.0]
+    if videos and model.core is not None:
+        errs = []
+        for v in videos:
+            t = model.cfg.segment
+            n = len(v) // t * t
+            err, ok = model.forward_sequence(torch.from_numpy(v[:n]).unsqueeze(0))
+            errs.append(err[ok])
+        e = torch.cat(errs)
+        stats[4:] = [float(e.mean()), float(e.std().clamp(min=1e-6))]
+    model.stats.copy_(torch.tensor(stats))
+    return {"bank": int(len(bank)), "bank_from_patches": int(feats.shape[0]), "holdout_images": int(len(held)),
+            "stats": [round(v, 6) for v in stats]}
+
+
+def _training_images(args, size: int) -> tuple[np.ndarray, list[np.ndarray], str]:
+    """-> (normal images, normal videos (maybe empty), a description of the data)."""
+    from memstream.pipelines.anomaly_data import find_categories, read_mvtec
+
+    data = Path(args.data)
+    videos: list[np.ndarray] = []
+    if args.video:
+        folder = data / "video" / "train" if (data / "video" / "train").is_dir() else data
+        files = sorted(folder.glob("*.mp4"))
+        if not files:
+            raise FileNotFoundError(f"{folder}: no .mp4 training videos")
+        videos = [read_video_frames(f, size) for f in files]
+        frames = np.concatenate([v[:: args.frame_stride] for v in videos])
+        return frames, videos, f"{len(files)} normal videos in {folder}"
+    categories = find_categories(data)
+    if args.category:
+        categories = [c for c in categories if c.name == args.category]
+        if not categories:
+            raise FileNotFoundError(f"{data}: no category {args.category!r}")
+    if len(categories) != 1:
+        raise ValueError(f"{data} holds {len(categories)} categories ({', '.join(c.name for c in categories)}); "
+                         "pick one with --category")
+    dataset = read_mvtec(categories[0])
+    return load_images([s.path for s in dataset.train], size), [], f"{len(dataset.train)} normal images of " \
+        f"{categories[0]}"
+
+
+def cli_train(argv: list[str]) -> int:
+    from memstream.pipelines.train import TrainConfig, train
+
+    p = argparse.ArgumentParser(prog="memstream train anomaly", description=(
+        "Train the anomaly model on normal data only: an MVTec-layout category (train/good), or normal videos "
+        "with --video (then also the temporal memory)."))
+    p.add_argument("--data", required=True, help="a category folder, a folder of categories (with --category), "
+                                                 "or with --video a folder of .mp4 files (or a synth-defects set)")
+    p.add_argument("--category", help="category name when --data holds several")
+    p.add_argument("--video", action="store_true", help="train on normal videos: frames, then the temporal memory")
+    p.add_argument("--preset", default="anomaly-small")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=1500, help="masked-autoencoder steps")
+    p.add_argument("--temporal-steps", type=int, default=600, help="temporal-memory steps (with --video)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--image-size", type=int, help="input size (default: the preset's)")
+    p.add_argument("--memory-slots", type=int, help="learned memory slots per encoder block (0: none)")
+    p.add_argument("--addressing", choices=("none", "memae"), help="MemAE addressing with hard shrinkage")
+    p.add_argument("--score", choices=("fused", "reconstruction", "features"), help="which score the model gives")
+    p.add_argument("--temporal-memory", choices=("queue", "none"), help="core memory of the temporal part")
+    p.add_argument("--frame-stride", type=int, default=4, help="--video: every k-th frame for the autoencoder")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=50)
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
+    overrides: dict = {}
+    for name in ("image_size", "memory_slots", "addressing", "score"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.temporal_memory:
+        overrides["temporal_memory"] = args.temporal_memory
+    if not args.video:
+        overrides["no_temporal"] = True
+    model = build(args.preset, **overrides)
+    images, videos, described = _training_images(args, model.cfg.image_size)
+    command = "memstream train anomaly " + " ".join(argv)
+    extra = {"preset": args.preset, "command": command, "data": str(Path(args.data).resolve()), "trained_on": described}
+    out = Path(args.out)
+    summary = {}
+    cfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, threads=args.threads, log_every=args.log_every,
+                      checkpoint_every=0)
+    summary["mae"] = train(model, MaeObjective(model, images, batch=args.batch, extra_config=extra), cfg,
+                           out / "mae", resume=False)
+    if videos and args.temporal_steps:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for module in (model.frame_in, model.core, model.predict):
+            for param in module.parameters():
+                param.requires_grad_(True)
+        cfg = TrainConfig(steps=args.temporal_steps, lr=args.lr, seed=args.seed, threads=args.threads,
+                          log_every=args.log_every, checkpoint_every=0)
+        summary["temporal"] = train(model, TemporalObjective(model, videos, extra_config=extra), cfg,
+                                    out / "temporal", resume=False)
+        for param in model.parameters():
+            param.requires_grad_(True)
+    summary["normality"] = fit_normality(model, images, videos)
+    save_checkpoint(out, model, {"model": "anomaly", "config": model.cfg.to_dict(), **extra,
+                                 "normality": summary["normality"]})
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk in ("steps", "seconds", "final_loss")}
+                              if k != "normality" else v) for k, v in summary.items()}))
+    return 0
