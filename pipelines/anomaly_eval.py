@@ -128,12 +128,15 @@ def _video_tasks(path: Path) -> list[tuple[str, Path, np.ndarray, dict[str, np.n
     for name, v in sorted(videos.items()):
         if v.get("split", "test") != "test":
             continue
-        labels = np.asarray(v["frame_labels"], dtype=int)
-        kinds = {k: np.zeros(len(labels), bool) for k in EVENT_KINDS}
-        for e in v.get("events", []):
-            if e.get("kind") in kinds:
-                kinds[e["kind"]][e["start_frame"]:e["end_frame"] + 1] = True
-        tasks.append((name, path.parent / v["file"], labels, kinds))
+        try:
+            labels = np.asarray(v["frame_labels"], dtype=int)
+            kinds = {k: np.zeros(len(labels), bool) for k in EVENT_KINDS}
+            for e in v.get("events", []):
+                if e.get("kind") in kinds:
+                    kinds[e["kind"]][e["start_frame"]:e["end_frame"] + 1] = True
+            tasks.append((name, path.parent / v["file"], labels, kinds))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: video {name}: bad entry ({type(e).__name__}: {e})") from None
     if not tasks:
         raise ValueError(f"{path}: no test videos")
     return tasks
@@ -212,7 +215,8 @@ def plot_results(scored: Scored, path) -> Path:
     roc.set_xlabel("false positive rate")
     roc.set_ylabel("true positive rate")
     roc.set_title("ROC")
-    roc.legend(fontsize=6, loc="lower right")
+    if roc.get_legend_handles_labels()[0]:
+        roc.legend(fontsize=6, loc="lower right")
     shown = [c[3] for c in (*good, *defect)]
     norm = Normalize(min(float(m.min()) for m in shown), max(float(m.max()) for m in shown)) if shown else None
     for row, (cases, what) in enumerate(((good, "good, highest"), (defect, "defect, lowest"))):

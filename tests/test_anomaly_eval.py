@@ -183,3 +183,8 @@ def test_bad_inputs_exit_2(image_set, tmp_path, capsys):
     assert "'track' is not 'anomaly'" in capsys.readouterr().err
     assert main(["eval", "anomaly", "--data", str(data), "--checkpoint", str(ck), "--video"]) == 2
     assert "labels.json" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    (broken / "video").mkdir(parents=True)
+    (broken / "video" / "labels.json").write_text(json.dumps({"videos": {"v": {"split": "test", "file": "v.mp4"}}}))
+    assert main(["eval", "anomaly", "--data", str(broken), "--checkpoint", str(ck)]) == 2
+    assert "video v: bad entry" in capsys.readouterr().err
