@@ -218,6 +218,9 @@ class AnomalyModel(nn.Module):
         # complementary scoring masks: a fixed permutation of the patches in score_masks groups
         groups = torch.randperm(n, generator=torch.Generator().manual_seed(0)).view(cfg.score_masks, -1)
         self.register_buffer("groups", groups, persistent=False)
+        visible = torch.stack([torch.cat([groups[j] for j in range(cfg.score_masks) if j != k]).sort().values
+                               for k in range(cfg.score_masks)])  # (K, N - N/K): fixed shapes, exportable
+        self.register_buffer("visible", visible, persistent=False)
         self.register_buffer("blur", _gaussian_kernel(cfg.blur_sigma), persistent=False)
         # fitted on normal training data (memstream.pipelines.anomaly.fit_normality): saved with the weights
         self.register_buffer("bank", torch.zeros(cfg.bank_size, d))
@@ -311,11 +314,9 @@ class AnomalyModel(nn.Module):
         target = self.patches(frames)
         f, n = target.shape[:2]
         error = torch.zeros(f, n, p * p, device=frames.device)
-        everything = torch.arange(n, device=frames.device)
         for k in range(cfg.score_masks):
             hidden = self.groups[k]
-            keep = torch.ones(n, dtype=torch.bool, device=frames.device).index_fill(0, hidden, False)
-            rec = self.reconstruct(tokens, everything[keep].expand(f, -1))
+            rec = self.reconstruct(tokens, self.visible[k].expand(f, -1))
             e = (rec[:, hidden] - target[:, hidden]).pow(2).view(f, -1, p * p, 3).mean(-1)  # (F, N/K, p*p)
             error = error.index_copy(1, hidden, e)
         return error.view(f, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(f, g * p, g * p)

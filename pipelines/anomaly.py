@@ -182,6 +182,38 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
             "stats": [round(v, 6) for v in stats]}
 
 
+def train_anomaly(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarray], out: str | Path, *,
+                  steps: int, temporal_steps: int = 0, batch: int = 16, lr: float = 1e-3, threads: int = 0,
+                  seed: int = 0, log_every: int = 50, extra: dict | None = None, spatial: bool = True) -> dict:
+    """The whole recipe (masked autoencoder, temporal memory, normality fit) into checkpoint folder ``out``.
+    ``spatial=False`` keeps the model's spatial weights and trains only the temporal part."""
+    from memstream.pipelines.train import TrainConfig, train
+
+    out = Path(out)
+    extra = extra or {}
+    summary: dict = {}
+    if spatial:
+        cfg = TrainConfig(steps=steps, lr=lr, seed=seed, threads=threads, log_every=log_every, checkpoint_every=0)
+        summary["mae"] = train(model, MaeObjective(model, images, batch=batch, extra_config=extra), cfg, out / "mae",
+                               resume=False)
+    if videos and temporal_steps and model.core is not None:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for module in (model.frame_in, model.core, model.predict):
+            for param in module.parameters():
+                param.requires_grad_(True)
+        cfg = TrainConfig(steps=temporal_steps, lr=lr, seed=seed, threads=threads, log_every=log_every,
+                          checkpoint_every=0)
+        summary["temporal"] = train(model, TemporalObjective(model, videos, extra_config=extra), cfg,
+                                    out / "temporal", resume=False)
+        for param in model.parameters():
+            param.requires_grad_(True)
+    summary["normality"] = fit_normality(model, images, videos)
+    save_checkpoint(out, model, {"model": "anomaly", "config": model.cfg.to_dict(), **extra,
+                                 "normality": summary["normality"]})
+    return summary
+
+
 def _training_images(args, size: int) -> tuple[np.ndarray, list[np.ndarray], str]:
     """-> (normal images, normal videos (maybe empty), a description of the data)."""
     from memstream.pipelines.anomaly_data import find_categories, read_mvtec
@@ -210,8 +242,6 @@ def _training_images(args, size: int) -> tuple[np.ndarray, list[np.ndarray], str
 
 
 def cli_train(argv: list[str]) -> int:
-    from memstream.pipelines.train import TrainConfig, train
-
     p = argparse.ArgumentParser(prog="memstream train anomaly", description=(
         "Train the anomaly model on normal data only: an MVTec-layout category (train/good), or normal videos "
         "with --video (then also the temporal memory)."))
@@ -248,27 +278,9 @@ def cli_train(argv: list[str]) -> int:
     images, videos, described = _training_images(args, model.cfg.image_size)
     command = "memstream train anomaly " + " ".join(argv)
     extra = {"preset": args.preset, "command": command, "data": str(Path(args.data).resolve()), "trained_on": described}
-    out = Path(args.out)
-    summary = {}
-    cfg = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, threads=args.threads, log_every=args.log_every,
-                      checkpoint_every=0)
-    summary["mae"] = train(model, MaeObjective(model, images, batch=args.batch, extra_config=extra), cfg,
-                           out / "mae", resume=False)
-    if videos and args.temporal_steps:
-        for param in model.parameters():
-            param.requires_grad_(False)
-        for module in (model.frame_in, model.core, model.predict):
-            for param in module.parameters():
-                param.requires_grad_(True)
-        cfg = TrainConfig(steps=args.temporal_steps, lr=args.lr, seed=args.seed, threads=args.threads,
-                          log_every=args.log_every, checkpoint_every=0)
-        summary["temporal"] = train(model, TemporalObjective(model, videos, extra_config=extra), cfg,
-                                    out / "temporal", resume=False)
-        for param in model.parameters():
-            param.requires_grad_(True)
-    summary["normality"] = fit_normality(model, images, videos)
-    save_checkpoint(out, model, {"model": "anomaly", "config": model.cfg.to_dict(), **extra,
-                                 "normality": summary["normality"]})
+    summary = train_anomaly(model, images, videos, args.out, steps=args.steps, temporal_steps=args.temporal_steps,
+                            batch=args.batch, lr=args.lr, threads=args.threads, seed=args.seed,
+                            log_every=args.log_every, extra=extra)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk in ("steps", "seconds", "final_loss")}
                               if k != "normality" else v) for k, v in summary.items()}))

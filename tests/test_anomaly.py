@@ -1,0 +1,143 @@
+"""Anomaly model and task: streaming == sequence, maps and scores, memory bank, ONNX == PyTorch, in-stream
+threshold calibration, training recipe and the CLI on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from memstream.models import build, save_checkpoint
+from memstream.pipelines.cli import main
+
+TINY = {"image_size": 32, "patch": 8, "dim": 32, "depth": 2, "heads": 2, "decoder_depth": 1, "decoder_levels": (0, 1),
+        "feature_level": 0, "memory_slots": 4, "bank_size": 64, "score_masks": 2, "memae_items": 8}
+TEMPORAL = {"temporal_dim": 32, "temporal_heads": 2, "temporal_layers": 1, "temporal_memory_length": 8}
+
+
+def tiny(temporal: bool = False, **overrides):
+    torch.manual_seed(0)
+    return build("anomaly-small", **TINY, **(TEMPORAL if temporal else {"no_temporal": True}), **overrides).eval()
+
+
+def frames(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_temporal_streaming_equals_sequence():
+    model = tiny(temporal=True)
+    t = model.cfg.segment
+    x = frames(3 * t).unsqueeze(0)
+    with torch.no_grad():
+        err, ok = model.forward_sequence(x)
+        state = model.init_state(1)
+        streamed = []
+        for i in range(3):
+            out, state = model.step(x[:, i * t:(i + 1) * t], state)
+            streamed.append(out.temporal)
+    streamed = torch.cat(streamed, 1)
+    assert not bool(ok[0, 0]) and bool(ok[0, 1:].all())
+    assert torch.allclose(streamed[ok], err[ok], atol=1e-5)  # stats are mean 0, sd 1 before fitting
+    assert float(streamed[0, 0]) == 0.0
+
+
+def test_maps_bank_and_fit():
+    from memstream.pipelines.anomaly import coreset, fit_normality
+
+    model = tiny()
+    normal = frames(12).numpy()
+    summary = fit_normality(model, normal, holdout=0.25)
+    assert summary["bank"] == 64 and int(model.bank_valid.sum()) == 64 and summary["holdout_images"] == 3
+    with torch.no_grad():
+        amap, score, _ = model.spatial(torch.from_numpy(normal[:2]))
+        # a bank member's patch features are at distance 0 from the bank
+        feats = model.features(torch.from_numpy(normal[3:4]))[0]
+        assert float(torch.cdist(feats[:1], model.bank[model.bank_valid]).min()) < float(
+            torch.cdist(feats, model.bank[model.bank_valid]).min(1).values.max()) + 1e-6
+    assert amap.shape == (2, 32, 32) and torch.allclose(score, amap.flatten(1).amax(1))
+    x = torch.randn(100, 8)
+    picked = coreset(x, 10)
+    assert picked.shape == (10, 8) and all(any(torch.equal(p, r) for r in x) for p in picked)
+    with pytest.raises(ValueError, match="addressing"):
+        tiny(addressing="vq")
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        model.step(torch.zeros(1, 1, 32, 32, 3), model.init_state(1))
+
+
+def test_memae_addressing_runs():
+    model = tiny(addressing="memae")
+    with torch.no_grad():
+        amap, _, _ = model.spatial(frames(2))
+    assert torch.isfinite(amap).all()
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+def test_onnx_runtime_equals_pytorch(tmp_path, temporal):
+    pytest.importorskip("onnxruntime")
+    from memstream.export import OnnxBackend, TorchBackend
+    from memstream.pipelines.anomaly import fit_normality
+    from memstream.pipelines.anomaly_task import export_anomaly, score_video
+
+    model = tiny(temporal=temporal)
+    fit_normality(model, frames(8).numpy())
+    export_anomaly(model, tmp_path / "a.onnx")
+    video = frames(3 * model.cfg.segment + 1, 5).numpy()  # a padded last segment
+    ours = score_video(TorchBackend(model), video, model.cfg.segment)
+    theirs = score_video(OnnxBackend(tmp_path / "a.onnx", threads=1), video, model.cfg.segment)
+    for k in ours:
+        assert np.allclose(ours[k], theirs[k], atol=1e-3), k
+
+
+def test_in_stream_calibration():
+    from memstream.pipelines.anomaly_task import AnomalyTask
+    from memstream.pipelines.segmenter import Segment
+
+    task = AnomalyTask(tiny(), calibration_s=1.0, k_std=3.0)
+    decoder = task.new_decoder("0")
+    rng = np.random.default_rng(0)
+    events = []
+    for i in range(20):
+        score = 10.0 if i == 15 else float(rng.normal(1.0, 0.1))
+        outputs = {"score": np.array([score]), "image_score": np.array([score]), "temporal": np.zeros(1),
+                   "anomaly_map": np.zeros((1, 32, 32))}
+        events += decoder.update(outputs, Segment(np.zeros((1, 32, 32, 3), np.uint8), np.ones(1, bool), i / 8, 8.0,
+                                                  i, np.array([i / 8])))
+    calibrating = [e for e in events if e.get("calibrating")]
+    assert len(calibrating) == 9  # frames up to 1 s (8 frames at 8 fps) plus the one that crosses it
+    judged = [e for e in events if "anomalous" in e]
+    assert [e["anomalous"] for e in judged].count(True) == 1 and judged[15 - 9]["anomalous"]
+    fixed = AnomalyTask(tiny(), threshold=5.0).new_decoder("1")
+    assert fixed.threshold == 5.0
+
+
+def test_cli_train_run_export(tmp_path, capsys):
+    import cv2
+    from memstream.pipelines.synth_defects import generate
+
+    data = tmp_path / "defects"
+    generate(data, categories=["weave"], train=6, test_good=2, test_defect=1, size=32, video_train=1, video_test=1,
+             video_seconds=5, video_size=64)
+    code = main(["train", "anomaly", "--data", str(data), "--category", "weave", "--out", str(tmp_path / "m"),
+                 "--steps", "2", "--batch", "2", "--image-size", "32", "--threads", "1"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["mae"]["steps"] == 2 and summary["normality"]["bank"] > 0
+    model = tiny(temporal=True)
+    save_checkpoint(tmp_path / "v", model, {"model": "anomaly", "config": model.cfg.to_dict()})
+    video = sorted((data / "video" / "test").glob("*.mp4"))[0]
+    out = tmp_path / "out"
+    assert main(["run", "anomaly", "--source", str(video), "--checkpoint", str(tmp_path / "v"), "--out", str(out),
+                 "--calibration", "1", "--overlay", str(tmp_path / "heat.mp4")]) == 0
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    scored = [e for e in events if e.get("type") == "anomaly"]
+    cap = cv2.VideoCapture(str(video))
+    assert len(scored) == int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    assert any("threshold" in e for e in scored) and (tmp_path / "heat.mp4").stat().st_size > 0
+    assert main(["export", "anomaly", "--checkpoint", str(tmp_path / "v"), "--out", str(tmp_path / "a.onnx")]) == 0
+    assert Path(tmp_path / "a.onnx").is_file()
+    capsys.readouterr()
+    assert main(["train", "anomaly", "--data", str(data), "--category", "nope", "--out", str(tmp_path / "x"),
+                 "--steps", "1"]) == 2
+    assert "nope" in capsys.readouterr().err
