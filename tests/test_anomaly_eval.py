@@ -14,7 +14,7 @@ from memstream.models import build, save_checkpoint
 from memstream.pipelines.anomaly import fit_normality, load_images, read_video_frames
 from memstream.pipelines.anomaly_data import find_categories, load_mask, read_mvtec
 from memstream.pipelines.anomaly_metrics import aupro, frame_auroc, image_auroc, pixel_auroc, summarise
-from memstream.pipelines.anomaly_task import export_anomaly, model_backend_for, score_images, score_video
+from memstream.pipelines.anomaly_task import model_backend_for, score_images, score_video
 from memstream.pipelines.cli import main
 from memstream.pipelines.synth_defects import generate
 
@@ -151,11 +151,8 @@ def test_video_frame_auroc(video_set, tmp_path, capsys):
 
 
 def test_torch_and_onnx_agree(image_set, video_set, tmp_path, capsys):
-    data, ck, model = image_set
-    try:
-        export_anomaly(model, tmp_path / "probe.onnx")
-    except Exception as e:  # the model's own export (anomaly_task), not this command, is at fault then
-        pytest.xfail(f"the anomaly model does not export to ONNX: {type(e).__name__}: {str(e).splitlines()[0]}")
+    pytest.importorskip("onnxruntime")
+    data, ck, _ = image_set
     results = {}
     for backend in ("torch", "onnx"):
         assert main(["eval", "anomaly", "--data", str(data), "--checkpoint", str(ck), "--backend", backend,
