@@ -26,6 +26,7 @@ test-all: lint
 BENCH_SPEECH := .bench/synth-speech
 BENCH_ACTIONS := .bench/synth-actions
 BENCH_TRACKS := .bench/synth-tracks
+BENCH_DEFECTS := .bench/synth-defects
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
@@ -40,6 +41,8 @@ bench: $(STAMP)
 	test -f $(BENCH_TRACKS)/scenes.json || $(BIN)/memstream data synth-tracks --out $(BENCH_TRACKS) \
 		--train 0 --val 0 --test 12 --jobs 2
 	$(BIN)/memstream bench track --data $(BENCH_TRACKS)
+	test -f $(BENCH_DEFECTS)/manifest.json || $(BIN)/memstream data synth-defects --out $(BENCH_DEFECTS) --jobs 2
+	$(BIN)/memstream bench anomaly --data $(BENCH_DEFECTS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .bench
