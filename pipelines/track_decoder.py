@@ -53,7 +53,7 @@ class TrackRules:
         return dataclasses.replace(self, **changes)
 
 
-OWN_DETECTIONS = TrackRules(det_thresh=0.1, new_track_thresh=0.2)
+OWN_DETECTIONS = TrackRules(det_thresh=0.2, new_track_thresh=0.4)
 
 
 def load_rules(source: str | Path | dict | None = None, own_detections: bool = False) -> TrackRules:
