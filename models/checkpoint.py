@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -19,11 +20,17 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def save_checkpoint(directory: str | os.PathLike, model: nn.Module, config: dict) -> Path:
-    """Write ``model``'s weights and ``config`` (JSON-serialisable) into ``directory``."""
+def save_checkpoint(directory: str | os.PathLike, model: nn.Module, config: dict,
+                    float_dtype: torch.dtype | None = None) -> Path:
+    """Write ``model``'s weights and ``config`` (JSON-serialisable) into ``directory``. ``float_dtype`` (e.g.
+    ``torch.float16``) stores floating tensors narrower, to keep bundled checkpoints small; loading casts them
+    back to the model's dtype."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if float_dtype is not None:
+        state = {k: v.to(float_dtype) if v.is_floating_point() else v for k, v in state.items()}
+        config = {**config, "weights_dtype": str(float_dtype).removeprefix("torch.")}
     tmp = out / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
     os.replace(tmp, out / WEIGHTS)  # a crash mid-write never leaves a truncated checkpoint

@@ -184,7 +184,8 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
 
 def train_anomaly(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarray], out: str | Path, *,
                   steps: int, temporal_steps: int = 0, batch: int = 16, lr: float = 1e-3, threads: int = 0,
-                  seed: int = 0, log_every: int = 50, extra: dict | None = None, spatial: bool = True) -> dict:
+                  seed: int = 0, log_every: int = 50, extra: dict | None = None, spatial: bool = True,
+                  float_dtype: torch.dtype | None = None) -> dict:
     """The whole recipe (masked autoencoder, temporal memory, normality fit) into checkpoint folder ``out``.
     ``spatial=False`` keeps the model's spatial weights and trains only the temporal part."""
     from memstream.pipelines.train import TrainConfig, train
@@ -210,7 +211,7 @@ def train_anomaly(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
             param.requires_grad_(True)
     summary["normality"] = fit_normality(model, images, videos)
     save_checkpoint(out, model, {"model": "anomaly", "config": model.cfg.to_dict(), **extra,
-                                 "normality": summary["normality"]})
+                                 "normality": summary["normality"]}, float_dtype=float_dtype)
     return summary
 
 
@@ -264,6 +265,7 @@ def cli_train(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--half", action="store_true", help="store the weights as float16 (half the size; for bundling)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     overrides: dict = {}
@@ -280,7 +282,8 @@ def cli_train(argv: list[str]) -> int:
     extra = {"preset": args.preset, "command": command, "data": str(Path(args.data).resolve()), "trained_on": described}
     summary = train_anomaly(model, images, videos, args.out, steps=args.steps, temporal_steps=args.temporal_steps,
                             batch=args.batch, lr=args.lr, threads=args.threads, seed=args.seed,
-                            log_every=args.log_every, extra=extra)
+                            log_every=args.log_every, extra=extra,
+                            float_dtype=torch.float16 if args.half else None)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk in ("steps", "seconds", "final_loss")}
                               if k != "normality" else v) for k, v in summary.items()}))
