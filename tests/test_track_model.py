@@ -59,11 +59,16 @@ def test_streaming_equals_sequence(own):
             out, state = model.step(x[:, t:t + 1], state, None, None, assign[:, t],
                                     None if dets is None else dets[:, t])
             steps.append(out)
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        # the backbone sees B*S frames at once in one case, B in the other: convolution kernels may differ
+        # in the last bits; everything discrete (validity, assignment) must be equal
+        return torch.allclose(a, b, atol=1e-5, rtol=1e-5) if a.is_floating_point() else torch.equal(a, b)
+
     for name in whole._fields:
         streamed = torch.stack([getattr(o, name) for o in steps], dim=1)
-        assert torch.equal(streamed, getattr(whole, name)), name
+        assert same(streamed, getattr(whole, name)), name
     for name in end._fields:
-        assert torch.equal(getattr(state, name), getattr(end, name)), name
+        assert same(getattr(state, name), getattr(end, name)), name
     assert whole.logp.shape == (b, s, K, N + 1)
     assert torch.allclose(whole.logp.exp().sum(-1), torch.ones(b, s, K), atol=1e-5)
 
