@@ -252,7 +252,7 @@ def _preset_overrides(args) -> dict:
 def cli_train(argv: list[str]) -> int:
     from memstream.pipelines.action_data import read_annotations, read_classes
     from memstream.pipelines.action_eval import evaluate_clips
-    from memstream.pipelines.train import TrainConfig, train
+    from memstream.pipelines.train import TrainConfig, check_resume_data, train
 
     p = argparse.ArgumentParser(prog="memstream train action", description=(
         "Train an online action localizer on annotated videos (memstream data synth-actions, or THUMOS14 "
@@ -301,10 +301,7 @@ def cli_train(argv: list[str]) -> int:
     if args.dev_subset and read_annotations(annotations, subset=args.dev_subset):
         dev = load_clips(annotations, args.dev_subset, model.cfg, args.features)
     fingerprint = clips_fingerprint(clips)
-    if not args.no_resume and (Path(args.out) / "trainer_state.json").is_file():
-        saved = json.loads((Path(args.out) / "config.json").read_text()).get("data_fingerprint")
-        if saved is not None and saved != fingerprint:
-            raise ValueError(f"--out {args.out} was trained on other data; use a new --out or --no-resume")
+    check_resume_data(args.out, fingerprint, not args.no_resume)
     command = "memstream train action " + " ".join(argv)
     objective = ActionObjective(model, clips, clip_segments=args.clip_segments, batch=args.batch, extra_config={
         "preset": args.preset, "command": command, "data_fingerprint": fingerprint,

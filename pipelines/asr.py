@@ -174,7 +174,7 @@ def feature_stats(model: AsrModel, objective: AsrObjective, utterances: int = 40
 
 def cli_train(argv: list[str]) -> int:
     from memstream.pipelines.asr_eval import evaluate_sequences
-    from memstream.pipelines.train import TrainConfig, train
+    from memstream.pipelines.train import TrainConfig, check_resume_data, train
 
     p = argparse.ArgumentParser(prog="memstream train asr", description=(
         "Train a streaming CTC speech recogniser on a LibriSpeech-layout corpus (or audio + transcripts.tsv). "
@@ -224,12 +224,9 @@ def cli_train(argv: list[str]) -> int:
     command = "memstream train asr " + " ".join(argv)
     spec = {"freq_masks": 0, "time_masks": 0} if args.no_specaugment else {}
     fingerprint = corpus_fingerprint(utterances)
-    resuming = not args.no_resume and (Path(args.out) / "trainer_state.json").is_file()
-    if resuming:  # a resume replays the batch order: it must see the same utterances
-        saved = json.loads((Path(args.out) / "config.json").read_text()).get("corpus_fingerprint")
-        if saved is not None and saved != fingerprint:
-            raise ValueError(f"--out {args.out} was trained on another corpus (or --max-utterance-seconds); "
-                             "resuming would change the batch order: use a new --out or --no-resume")
+    resuming = check_resume_data(args.out, fingerprint, not args.no_resume, "corpus_fingerprint",
+                                 "was trained on another corpus (or --max-utterance-seconds); resuming would "
+                                 "change the batch order: use a new --out or --no-resume")
     objective = AsrObjective(model, utterances, max_batch_seconds=args.batch_seconds,
                              extra_config={"preset": args.preset, "command": command, "corpus_fingerprint": fingerprint,
                                            "corpus": str(Path(args.data).resolve())},

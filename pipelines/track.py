@@ -271,7 +271,7 @@ def sequences_fingerprint(sequences: Sequence[TrackSequence]) -> str:
 
 
 def cli_train(argv: list[str]) -> int:
-    from memstream.pipelines.train import TrainConfig, train
+    from memstream.pipelines.train import TrainConfig, check_resume_data, train
 
     p = argparse.ArgumentParser(prog="memstream train track", description=(
         "Train the tracker (detector + memory association) on MOTChallenge-layout sequences with images "
@@ -296,10 +296,7 @@ def cli_train(argv: list[str]) -> int:
     model = build(args.preset, **overrides).to(args.device)
     sequences = load_sequences(args.data, model.cfg.image_size, args.limit)
     fingerprint = sequences_fingerprint(sequences)
-    if not args.no_resume and (Path(args.out) / "trainer_state.json").is_file():
-        saved = json.loads((Path(args.out) / "config.json").read_text()).get("data_fingerprint")
-        if saved is not None and saved != fingerprint:
-            raise ValueError(f"--out {args.out} was trained on other data; use a new --out or --no-resume")
+    check_resume_data(args.out, fingerprint, not args.no_resume)
     command = "memstream train track " + " ".join(argv)
     objective = TrackObjective(model, sequences, clip_frames=args.clip_frames, batch=args.batch, extra_config={
         "preset": args.preset, "command": command, "data_fingerprint": fingerprint,

@@ -185,6 +185,19 @@ def _record(step: int, epoch: int, lr: float, sums: dict[str, float], counts: di
     return record
 
 
+def check_resume_data(out_dir: str | Path, fingerprint: str, resume: bool, key: str = "data_fingerprint",
+                      message: str = "was trained on other data; use a new --out or --no-resume") -> bool:
+    """Whether training into ``out_dir`` resumes; a resume replays the batch order, so it must see the same data:
+    a checkpoint whose config records another ``key`` fingerprint is refused (``ValueError``)."""
+    out_dir = Path(out_dir)
+    resuming = resume and (out_dir / "trainer_state.json").is_file()
+    if resuming:
+        saved = json.loads((out_dir / "config.json").read_text()).get(key)
+        if saved is not None and saved != fingerprint:
+            raise ValueError(f"--out {out_dir} {message}")
+    return resuming
+
+
 def train(model: nn.Module, objective: Objective, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True,
           evaluate: Callable[[nn.Module], dict] | None = None, progress: bool = True) -> dict:
     """Train ``model`` on ``objective`` for ``cfg.steps`` optimiser steps; checkpoints, logs and resumes in
