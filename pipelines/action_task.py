@@ -18,7 +18,7 @@ from memstream.models import check_metadata, load_model
 from memstream.models.action import BACKGROUND, ActionConfig, ActionModel
 from memstream.pipelines.action_decoder import DecoderConfig, OnlineActionDecoder
 from memstream.pipelines.action_overlay import draw_action_overlay
-from memstream.pipelines.segmenter import Segment, VideoSegmenter
+from memstream.pipelines.segmenter import Segment, read_video  # noqa: F401  (read_video: re-exported)
 from torch import Tensor
 
 MODEL_KIND = "action"
@@ -134,23 +134,6 @@ class ActionTask:
             del timeline[:-200]
         frames = next((e for e in events if e.get("type") == "frames"), None)
         return draw_action_overlay(frame, frames, index, timeline, self.classes, self.fps, self.overlay_width)
-
-
-def read_video(path: str | Path, fps: float, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A video file decoded as the runtime does (memstream's source, resampled to ``fps``, resized to
-    ``size`` x ``size`` with area interpolation) -> frames (N, size, size, 3) uint8 RGB, times (N,) seconds."""
-    from memstream.pipelines.sources import open_source
-
-    segmenter = VideoSegmenter(1, (size, size), fps, sample_fps=fps)
-    frames, times = [], []
-    with open_source(str(path), "video") as source:
-        for packet in source:
-            for seg in segmenter.push(packet.data, packet.time):
-                frames.append(seg.data[0])
-                times.append(seg.start)
-    if not frames:
-        raise ValueError(f"{path}: no frames decoded")
-    return np.stack(frames), np.asarray(times)
 
 
 @torch.inference_mode()

@@ -35,20 +35,10 @@ def load_images(paths: list[Path], size: int) -> np.ndarray:
 
 
 def read_video_frames(path: str | Path, size: int) -> np.ndarray:
-    """All frames of a video file, RGB, resized to ``size`` x ``size`` -> (F, size, size, 3) uint8."""
-    import cv2
+    """Every frame of a video file as the runtime decodes it, resized to ``size`` x ``size`` -> (F, S, S, 3)."""
+    from memstream.pipelines.segmenter import read_video
 
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)[..., ::-1])
-    cap.release()
-    if not frames:
-        raise ValueError(f"{path}: no frames could be decoded")
-    return np.ascontiguousarray(np.stack(frames))
+    return read_video(path, None, size)[0]
 
 
 class MaeObjective:

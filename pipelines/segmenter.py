@@ -193,3 +193,21 @@ class VideoSegmenter:
 
     def flush(self) -> list[Segment]:
         return [self._segment()] if self._frames else []
+
+
+def read_video(path, fps: float | None, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A video file decoded as the runtime does (memstream's source, resampled to ``fps`` or every frame when
+    None, resized to ``size`` x ``size`` with area interpolation) -> frames (N, size, size, 3) uint8 RGB,
+    times (N,) seconds. For training and evaluation on the frames a live run would see."""
+    from memstream.pipelines.sources import open_source
+
+    frames, times = [], []
+    with open_source(str(path), "video") as source:
+        segmenter = VideoSegmenter(1, (size, size), fps or source.info.rate or 30.0, sample_fps=fps)
+        for packet in source:
+            for seg in segmenter.push(packet.data, packet.time):
+                frames.append(seg.data[0])
+                times.append(seg.start)
+    if not frames:
+        raise ValueError(f"{path}: no frames decoded")
+    return np.stack(frames), np.asarray(times)
