@@ -3,32 +3,35 @@
 Images: one folder per category, in the MVTec AD layout: ``<category>/train/good/000.png`` (normal only),
 ``<category>/test/good/*.png``, ``<category>/test/<defect>/*.png`` and ``<category>/ground_truth/<defect>/
 <stem>_mask.png`` (single channel, 0 or 255, the size of the image: exactly the pixels the defect changed).
-Categories: ``weave`` (texture: woven threads over/under, random phase, rotation within a few degrees, thread
-colours), ``grain`` (texture: warped wood/stone rings and streaks, random orientation and colours), ``nut``
-(object: hexagonal nut with chamfer, thread and hole, random rotation and small shift) and ``board`` (object: a
-small circuit board with an IC, capacitors, resistors, an LED, traces and mounting holes in fixed places, small
-rotation and shift). Every image gets its own lighting (gain, a gradient in a random direction) and sensor noise,
-so a pixel difference to a mean image does not find the defects. Defects (contrast and size drawn per defect,
-from obvious to subtle): scratch (thin bright or dark curve), hole (dark irregular blob with a rim), stain
-(soft-edged colour blob), crack (dark branching line), missing (nut: a chipped-off corner; board: a component
-absent, its pads showing) and, for ``board``, misplaced (a component moved to an empty spot or turned by 90
-degrees: a logical anomaly that looks locally normal; the mask holds both the empty place and the new one).
-Images are drawn at twice the size and reduced (area), so a mask pixel is any pixel a defect touched.
+Categories: ``weave`` (texture: woven threads over/under, random phase, rotation within a few degrees), ``grain``
+(texture: warped wood/stone rings and streaks, random orientation), ``nut`` (object: hexagonal nut with chamfer,
+thread and hole, random rotation and small shift) and ``board`` (object: a small circuit board with an IC,
+capacitors, resistors, an LED, traces and mounting holes in fixed places, small rotation and shift). A category is
+one product on one station: its colours are fixed up to a small jitter (``LOOK``; version 1 drew them from several
+palettes per category, which made a category several products). Every image gets its own lighting (gain, a gradient
+in a random direction) and sensor noise, so with the pose and pattern phase a pixel difference to a mean image does
+not find the defects. Defects (contrast and size drawn per defect, from obvious to subtle): scratch (thin bright or
+dark curve), hole (dark irregular blob with a rim), stain (soft-edged colour blob), crack (dark branching line),
+missing (nut: a chipped-off corner; board: a component absent, its pads showing) and, for ``board``, misplaced (a
+component moved to an empty spot or turned by 90 degrees: a logical anomaly that looks locally normal; the mask
+holds both the empty place and the new one). Images are drawn at twice the size and reduced (area), so a mask pixel
+is any pixel a defect touched.
 
-Video (``video/<split>/<name>.mp4``, mp4v; ``video/labels.json``): a scene with regular activity: boxes riding a
-conveyor at constant speed and spacing, a light blinking with a fixed period, a swinging pendulum. Train videos
-are normal. Test videos hold 2-4 events of 1-5 s (at least one temporal): appearance events (``foreign_object``:
-an object unlike the boxes on the floor or riding the belt; ``stain``: a dark blob on the floor) and temporal
-events that look normal frame by frame but are wrong in time (``belt_reverse``, ``belt_stop``, ``light_stuck``:
-the light stays on, ``pendulum_frozen``). labels.json, per video: split, seed, fps, frames, size, file,
-``frame_labels`` (0/1 per frame), ``intervals`` ([start_frame, end_frame], 0-based, inclusive) and ``events``
-(type, kind appearance/temporal, start_frame, end_frame, description).
+Video (``video/<split>/<name>.mp4``, mp4v; ``video/labels.json``): one camera's scene with regular activity: boxes
+riding a conveyor at constant speed and spacing, a light blinking with a fixed period, a swinging pendulum. The
+layout and colours are the same in every video; speed, spacing, periods, swing and phases are each video's own, so
+what is normal differs between streams. Train videos are normal. Test videos hold 2-4 events of 1-5 s (at least one
+temporal): appearance events (``foreign_object``: an object unlike the boxes on the floor or riding the belt;
+``stain``: a dark blob on the floor) and temporal events that look normal frame by frame but are wrong in time
+(``belt_reverse``, ``belt_stop``, ``light_stuck``: the light stays on, ``pendulum_frozen``). labels.json, per video:
+split, seed, fps, frames, size, file, ``frame_labels`` (0/1 per frame), ``intervals`` ([start_frame, end_frame],
+0-based, inclusive) and ``events`` (type, kind appearance/temporal, start_frame, end_frame, description).
 
-Seeds: image ``i`` of a split has seed ``seed*10**6 + i`` (train) or ``seed*10**6 + 900000 + i`` (test: good
-images first, then each defect type in turn); the category (and the video set) select separate random streams
-of that seed; video ``i`` the same per split. ``render_image(category, seed, size, defect)`` draws any image
-again; with ``defect=None`` it gives the clean twin (same lighting and noise) of a defect image. Output is
-byte-for-byte deterministic given the options, for any ``--jobs``.
+Seeds: image ``i`` of a split has seed ``seed*10**6 + i`` (train) or ``seed*10**6 + 900000 + i`` (test: good images
+first, then each defect type in turn); the category (and the video set) select separate random streams of that seed;
+video ``i`` the same per split. ``render_image(category, seed, size, defect)`` draws any image again; with
+``defect=None`` it gives the clean twin (same lighting and noise) of a defect image. Output is byte-for-byte
+deterministic given the options, for any ``--jobs``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import numpy as np
 from memstream.pipelines.synth_actions import write_video
 from memstream.pipelines.synth_tracks import _Serial
 
-VERSION = "memstream-synth-defects-1"
+VERSION = "memstream-synth-defects-2"
 SPLITS = (("train", 0), ("test", 900_000))
 SEED_STRIDE = 1_000_000
 CATEGORIES = {"weave": ("texture", ("scratch", "hole", "stain")),
@@ -55,6 +58,9 @@ CATEGORIES = {"weave": ("texture", ("scratch", "hole", "stain")),
 CODES = {"weave": 1, "grain": 2, "nut": 3, "board": 4, "video": 100}
 EVENTS = {"foreign_object": "appearance", "stain": "appearance", "belt_reverse": "temporal",
           "belt_stop": "temporal", "light_stuck": "temporal", "pendulum_frozen": "temporal"}
+# A category is one product on one inspection station: its colours and background are fixed (each image varies
+# them by about LOOK per channel), as in every MVTec AD category; pose, pattern phase, lighting and noise vary.
+LOOK = 4.0
 DEFAULTS = {"train": 60, "test_good": 20, "test_defect": 10, "size": 128, "video_train": 8, "video_test": 8,
             "video_seconds": 30.0, "fps": 8.0, "video_size": 128}
 
@@ -80,8 +86,8 @@ def _weave(rng, r: int, change=None):
     top_h = ((np.floor(u) + np.floor(v)) % 2) == 0
     prof_h = np.clip(1.25 * np.sin(np.pi * fv), 0, 1) * (0.65 + 0.35 * np.sin(np.pi * fu))
     prof_v = np.clip(1.25 * np.sin(np.pi * fu), 0, 1) * (0.65 + 0.35 * np.sin(np.pi * fv))
-    base = _tint(rng, rng.choice([[70, 110, 150], [150, 140, 120], [90, 90, 160], [120, 150, 110]]), 20)
-    warp, weft = base, np.clip(base * rng.uniform(0.8, 1.2), 0, 255)
+    base = _tint(rng, [70, 110, 150], LOOK)
+    warp, weft = base, np.clip(base * rng.uniform(1.08, 1.14), 0, 255)
     height = np.where(top_h, prof_h, prof_v)
     colour = np.where(top_h[..., None], weft, warp)
     yarn = 1 + 0.06 * _field(rng, r, r // 6)
@@ -102,19 +108,17 @@ def _grain(rng, r: int, change=None):
     rot = cv2.getRotationMatrix2D((big / 2, big / 2), float(rng.uniform(0, 180)), 1.0)
     rot[:, 2] -= (big - r) / 2
     value = cv2.warpAffine(value, rot, (r, r), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    palette = rng.choice([[[40, 70, 110], [110, 160, 210]], [[60, 60, 60], [150, 150, 145]],
-                          [[30, 50, 80], [90, 130, 170]]])
-    dark, light = _tint(rng, palette[0], 10), _tint(rng, palette[1], 12)
+    dark, light = _tint(rng, [40, 70, 110], LOOK), _tint(rng, [110, 160, 210], LOOK)
     return (dark + (light - dark) * value[..., None]).astype(np.float32), np.ones((r, r), bool), None
 
 
 def _surface(rng, r: int, base) -> np.ndarray:
     """A plain background surface with soft low-frequency variation: (r, r, 3) float32."""
-    return np.clip(_tint(rng, base, 8) * (1 + 0.05 * _field(rng, r, 4))[..., None], 0, 255).astype(np.float32)
+    return np.clip(_tint(rng, base, LOOK) * (1 + 0.05 * _field(rng, r, 4))[..., None], 0, 255).astype(np.float32)
 
 
 def _nut(rng, r: int, change=None):
-    bg = _surface(rng, r, rng.choice([[40, 40, 45], [70, 60, 50], [35, 50, 35]]))
+    bg = _surface(rng, r, [70, 60, 50])
     cx, cy = r / 2 + rng.uniform(-0.04, 0.04, 2) * r
     rad = r * rng.uniform(0.29, 0.33)
     alpha = rng.uniform(0, np.pi / 3)
@@ -124,7 +128,7 @@ def _nut(rng, r: int, change=None):
     cv2.fillPoly(hexa, [np.round(corners * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
     yy, xx = np.mgrid[0:r, 0:r].astype(np.float32)
     dist = np.hypot(xx - cx, yy - cy)
-    grey = rng.uniform(140, 185)
+    grey = rng.uniform(155, 170)
     light = 1 + 0.25 * ((xx - cx) * 0.7 - (yy - cy) * 0.7) / rad  # light from the top right
     img = bg.copy()
     metal = np.float32(grey) * _tint(rng, [1, 1, 1], 0.03)[None, None] * light[..., None]
@@ -198,7 +202,7 @@ def _part(canvas, to_px, kind, centre, size, angle, colours, mask=False) -> None
 
 
 def _board(rng, r: int, change=None):
-    bg = _surface(rng, r, rng.choice([[200, 200, 200], [160, 170, 180], [60, 60, 60]]))
+    bg = _surface(rng, r, [160, 170, 180])
     scale = r * rng.uniform(0.72, 0.8)
     angle = rng.normal(0, np.deg2rad(3.0))
     origin = np.array([r / 2, r / 2]) + rng.uniform(-0.03, 0.03, 2) * r
@@ -207,11 +211,11 @@ def _board(rng, r: int, change=None):
     def to_px(pts):
         return np.round(((np.asarray(pts, float) - [0.5, 0.35]) @ rot * scale + origin) * 16).astype(np.int32)
     to_px.scale = scale
-    colours = {"board": _tint(rng, [60, 120, 30], 12), "trace": _tint(rng, [90, 170, 60], 10),
-               "pad": _tint(rng, [170, 190, 200], 8), "pin": _tint(rng, [190, 190, 190], 8),
-               "ic": _tint(rng, [30, 30, 30], 5), "cap": _tint(rng, [140, 80, 30], 15),
-               "res": _tint(rng, [140, 190, 215], 10), "led": _tint(rng, [40, 40, 220], 10),
-               "bands": [_tint(rng, c, 10) for c in ([30, 30, 160], [40, 40, 40], [30, 120, 200])]}
+    colours = {"board": _tint(rng, [60, 120, 30], LOOK), "trace": _tint(rng, [90, 170, 60], LOOK),
+               "pad": _tint(rng, [170, 190, 200], LOOK), "pin": _tint(rng, [190, 190, 190], LOOK),
+               "ic": _tint(rng, [30, 30, 30], LOOK), "cap": _tint(rng, [140, 80, 30], LOOK),
+               "res": _tint(rng, [140, 190, 215], LOOK), "led": _tint(rng, [40, 40, 220], LOOK),
+               "bands": [_tint(rng, c, LOOK) for c in ([30, 30, 160], [40, 40, 40], [30, 120, 200])]}
     img = bg.copy()
     obj = np.zeros((r, r), np.uint8)
     cv2.fillPoly(obj, [to_px(_box((0.5, 0.35), 1.0, 0.7))], 1, cv2.LINE_8, 4)
@@ -372,8 +376,8 @@ def render_image(category: str, seed: int, size: int = 128, defect: str | None =
                         255, 0).astype(np.uint8)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
     psi = rng_light.uniform(0, 2 * np.pi)
-    gain = rng_light.uniform(0.82, 1.15) * (1 + rng_light.uniform(0, 0.3) * (xx * np.cos(psi) + yy * np.sin(psi)))
-    sigma = rng_light.uniform(2, 5)
+    gain = rng_light.uniform(0.9, 1.08) * (1 + rng_light.uniform(0, 0.15) * (xx * np.cos(psi) + yy * np.sin(psi)))
+    sigma = rng_light.uniform(2, 4)
     noisy = small * gain[..., None] + rng_light.standard_normal(small.shape).astype(np.float32) * sigma
     return np.clip(noisy + 0.5, 0, 255).astype(np.uint8), mask
 
@@ -401,16 +405,15 @@ def plan_video(seed: int, seconds: float, fps: float, size: int, anomalous: bool
     rng = np.random.default_rng([seed, CODES["video"], 0])
     frames = int(round(seconds * fps))
     v = size
+    # one camera on one scene: the layout and colours are fixed (up to LOOK); the activity's rates, spacing,
+    # amplitude and phases are drawn per video, so "normal" differs between streams
     p = {"seed": seed, "frames": frames, "fps": fps, "size": v,
-         "floor": _tint(rng, rng.choice([[120, 130, 135], [90, 110, 120], [140, 140, 120]]), 12),
-         "belt_y": v * rng.uniform(0.56, 0.62), "belt_h": v * rng.uniform(0.14, 0.18),
-         "box": v * rng.uniform(0.09, 0.12), "spacing": v * rng.uniform(0.3, 0.42),
-         "box_colour": _tint(rng, rng.choice([[40, 110, 180], [60, 160, 90], [160, 90, 60]]), 15),
+         "floor": _tint(rng, [120, 130, 135], LOOK), "belt_y": v * 0.59, "belt_h": v * 0.16, "box": v * 0.105,
+         "spacing": v * rng.uniform(0.3, 0.42), "box_colour": _tint(rng, [40, 110, 180], LOOK),
          "speed": v * rng.uniform(0.1, 0.18),  # px per second
-         "light_xy": (v * rng.uniform(0.12, 0.2), v * rng.uniform(0.14, 0.22)),
-         "light_colour": _tint(rng, rng.choice([[60, 220, 240], [80, 230, 80], [70, 70, 240]]), 10),
-         "blink": rng.uniform(1.0, 2.0), "pivot": (v * rng.uniform(0.62, 0.75), v * 0.06),
-         "arm": v * rng.uniform(0.26, 0.32), "swing": np.deg2rad(rng.uniform(25, 40)),
+         "light_xy": (v * 0.16, v * 0.18), "light_colour": _tint(rng, [60, 220, 240], LOOK),
+         "blink": rng.uniform(1.0, 2.0), "pivot": (v * 0.68, v * 0.06),
+         "arm": v * 0.29, "swing": np.deg2rad(rng.uniform(25, 40)),
          "period": rng.uniform(2.0, 3.5), "noise": rng.uniform(1.5, 3.0)}
     events = _video_events(rng, seconds, fps) if anomalous else []
     belt, pend, blink, stuck = np.ones(frames), np.ones(frames), np.ones(frames), np.zeros(frames, bool)
