@@ -12,13 +12,21 @@ Trained on normal images (or footage) only. An image is cut into ``patch`` x ``p
   are comparable and can be summed):
   ``reconstruction``: the squared error of each patch reconstructed while hidden, under ``score_masks``
   complementary masks (every patch hidden exactly once); ``features``: the distance of each patch's feature
-  (encoder level ``feature_level``, whole image visible) to its nearest neighbour in a **memory bank of
-  normal patch features** (PatchCore: a greedy coreset of the training patches, ``bank_size`` entries, a
-  fixed-capacity buffer with a validity mask); ``fused``: their sum. Image score: the map's maximum.
-- **Temporal memory** (``temporal``, video): each frame's pooled token grid goes through the shared core
-  (``queue`` memory, causal); a head predicts the next frame's pooled grid; the temporal score is the
-  standardised prediction error, so a frame is judged against what this stream has looked like (the belt
-  has stopped, the light is stuck): normal in appearance, wrong at this moment.
+  (level ``feature_level``: 0 the patch embeddings, k the output of encoder block k; whole image visible) to
+  its nearest neighbour in a **memory bank of normal patch features** (PatchCore: a greedy coreset of the
+  training patches, ``bank_size`` entries, a fixed-capacity buffer with a validity mask); ``fused``: their
+  sum. Image score: the map's maximum. The default is ``features``: ``memstream bench anomaly`` found it best on
+  every category (reconstruction error is high on normal edges too, and the sum inherits that).
+- **Temporal memory** (``temporal``, video): each frame is coded as its patch embeddings pooled to
+  ``temporal_grid`` x ``temporal_grid`` cells and projected on the ``temporal_dims`` principal components of
+  normal cells (fitted on the training videos); the code and its change since the previous frame go through
+  the shared core (``queue`` memory, causal), whose head predicts the *next change* of every cell and its
+  log-energy (how much the cell moves: a hedged mean change of 0 would make a stopped belt look normal) as
+  Gaussians (mean and log-variance). The temporal score is the worst cell's negative log-likelihood,
+  standardised: a frame is judged against what this stream has been doing (the belt has stopped, the light
+  is stuck): normal in appearance, wrong at this moment. The variance lets the model say which changes it can
+  foresee from the stream's past (a blinking light's next toggle, once it has seen the period) and which it
+  cannot; without memory it must hedge.
 
 Frames: (B, T, H, W, 3) uint8 RGB at ``image_size``. Thresholds are never part of the model: the decoder
 calibrates them in the stream (:mod:`memstream.pipelines.anomaly_task`).
@@ -66,12 +74,13 @@ class AnomalyConfig:
     shrink: float = 0.02
     mask_ratio: float = 0.5
     score_masks: int = 4
-    feature_level: int = 1
+    feature_level: int = 0
     bank_size: int = 4096
-    score: str = "fused"
+    score: str = "features"
     blur_sigma: float = 2.0
     temporal: CoreConfig | None = None
-    temporal_grid: int = 4
+    temporal_grid: int = 8
+    temporal_dims: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decoder_levels", tuple(self.decoder_levels))
@@ -85,7 +94,8 @@ class AnomalyConfig:
         need(self.dim % self.heads == 0, f"dim={self.dim} must divide by heads={self.heads}")
         need(all(0 <= lv < self.depth for lv in self.decoder_levels) and self.decoder_levels,
              f"decoder_levels={self.decoder_levels} must name encoder blocks 0..{self.depth - 1}")
-        need(0 <= self.feature_level < self.depth, f"feature_level={self.feature_level} must be in 0..{self.depth - 1}")
+        need(0 <= self.feature_level <= self.depth, f"feature_level={self.feature_level} must be in 0 (the patch "
+             f"embeddings)..{self.depth} (the last block)")
         need(self.addressing in ("none", "memae"), f"addressing={self.addressing!r} must be 'none' or 'memae'")
         need(0.0 < self.mask_ratio < 1.0, f"mask_ratio={self.mask_ratio} must be in (0, 1)")
         need(self.score_masks >= 2 and self.tokens % self.score_masks == 0,
@@ -94,6 +104,9 @@ class AnomalyConfig:
         need(self.bank_size >= 1 and self.memory_slots >= 0, "bank_size must be >= 1, memory_slots >= 0")
         if self.temporal is not None:
             need(self.temporal.causal, "temporal core must be causal (it predicts the next frame)")
+            need(self.grid % self.temporal_grid == 0 and 1 <= self.temporal_dims <= self.dim,
+                 f"temporal_grid={self.temporal_grid} must divide the {self.grid}-patch grid and temporal_dims="
+                 f"{self.temporal_dims} be in 1..{self.dim}")
 
     @property
     def grid(self) -> int:
@@ -102,6 +115,16 @@ class AnomalyConfig:
     @property
     def tokens(self) -> int:
         return self.grid * self.grid
+
+    @property
+    def temporal_width(self) -> int:
+        """Size of a frame's temporal code: cells x principal components."""
+        return self.temporal_grid ** 2 * self.temporal_dims
+
+    @property
+    def temporal_target(self) -> int:
+        """Size of what the temporal head predicts: every cell's change and log-energy."""
+        return self.temporal_grid ** 2 * (self.temporal_dims + 1)
 
     @property
     def segment(self) -> int:
@@ -228,12 +251,16 @@ class AnomalyModel(nn.Module):
         self.register_buffer("stats", torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))  # rec, feature, temporal mu/sd
         if cfg.temporal is not None:
             t = cfg.temporal
-            width = d * cfg.temporal_grid ** 2
-            self.frame_in = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, t.dim))
+            width = cfg.temporal_width
+            # principal components of normal cells (fit_temporal_code), saved with the weights
+            self.register_buffer("cell_mean", torch.zeros(d))
+            self.register_buffer("cell_proj", torch.eye(d)[:, : cfg.temporal_dims].clone())
+            target = cfg.temporal_target
+            self.frame_in = nn.Sequential(nn.LayerNorm(width + target), nn.Linear(width + target, t.dim))
             self.core = MemoryCore(t)
-            self.predict = nn.Linear(t.dim, width)
+            self.predict = nn.Linear(t.dim, 2 * target)  # mean and log-variance of the next change and energy
             self._core_fields = tuple(self.core.init_state(1)._fields)
-            fields = ("prev_pred", "prev_ok", *self._core_fields)
+            fields = ("prev_pred", "prev_code", "prev_ok", *self._core_fields)
         else:
             self.core = None
             fields = ("frames_seen",)
@@ -244,8 +271,9 @@ class AnomalyModel(nn.Module):
         cfg = self.cfg
         if self.core is None:
             return {"frames_seen": ((batch,), torch.int64)}
-        width = cfg.dim * cfg.temporal_grid ** 2
-        return {"prev_pred": ((batch, width), torch.float32), "prev_ok": ((batch,), torch.bool),
+        width = cfg.temporal_width
+        return {"prev_pred": ((batch, 2 * cfg.temporal_target), torch.float32),
+                "prev_code": ((batch, width), torch.float32), "prev_ok": ((batch,), torch.bool),
                 **self.core.state_spec(batch)}
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> NamedTuple:
@@ -285,10 +313,10 @@ class AnomalyModel(nn.Module):
             q = block(q, context)
         return self.head(q)
 
-    def features(self, frames: Tensor) -> Tensor:
+    def features(self, frames: Tensor, tokens: Tensor | None = None) -> Tensor:
         """(F, H, W, 3) uint8, whole image visible -> (F, N, D) patch features of ``feature_level`` (the bank's)."""
-        x = self.tokens(frames)
-        for block in self.blocks[: self.cfg.feature_level + 1]:
+        x = self.tokens(frames) if tokens is None else tokens
+        for block in self.blocks[: self.cfg.feature_level]:
             x = block(x)
         return x
 
@@ -329,7 +357,7 @@ class AnomalyModel(nn.Module):
         return self._upsample(dist)
 
     def spatial(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(F, H, W, 3) uint8 -> (standardised map (F, H, W), image score (F,), last encoder level (F, N, D))."""
+        """(F, H, W, 3) uint8 -> (standardised map (F, H, W), image score (F,), patch embeddings (F, N, D))."""
         cfg, s = self.cfg, self.stats
         rec, feat, last = self.raw_maps(frames, cfg.score)
         maps = []
@@ -342,29 +370,59 @@ class AnomalyModel(nn.Module):
 
     def raw_maps(self, frames: Tensor, which: str = "fused") -> tuple[Tensor | None, Tensor | None, Tensor]:
         """Unstandardised smoothed (reconstruction, feature) maps (None where ``which`` leaves one out) and the
-        whole image's last encoder level; one full encoder pass serves the feature map and the temporal grid."""
+        patch embeddings (F, N, D), which also serve the temporal code."""
         tokens = self.tokens(frames)
-        levels = self.encode(tokens)
         rec = self._smooth(self.reconstruction_map(frames, tokens)) if which in ("fused", "reconstruction") else None
-        feat = self._smooth(self.feature_map(levels[self.cfg.feature_level])) if which in ("fused", "features") \
+        feat = self._smooth(self.feature_map(self.features(frames, tokens))) if which in ("fused", "features") \
             else None
-        return rec, feat, levels[-1]
+        return rec, feat, tokens
 
     # -- temporal memory -----------------------------------------------------------------------------
-    def frame_grid(self, tokens: Tensor) -> Tensor:
-        """Token grid (F, N, D) of the whole image -> pooled to temporal_grid^2 cells, flattened (F, G*G*D)."""
+    def cells(self, tokens: Tensor) -> Tensor:
+        """Patch embeddings (F, N, D) -> mean of each temporal cell (F, G*G, D)."""
         cfg = self.cfg
-        grid = self.level_norm(tokens).transpose(1, 2).reshape(-1, cfg.dim, cfg.grid, cfg.grid)
-        return F.adaptive_avg_pool2d(grid, cfg.temporal_grid).flatten(1)
+        grid = tokens.transpose(1, 2).reshape(-1, cfg.dim, cfg.grid, cfg.grid)
+        return F.adaptive_avg_pool2d(grid, cfg.temporal_grid).flatten(2).transpose(1, 2)
 
-    def temporal_errors(self, grids: Tensor, y: Tensor, prev_pred: Tensor, prev_ok: Tensor,
-                        mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """grids (B, T, W) targets, y (B, T, Dc) core outputs -> (errors (B, T), ok (B, T), last prediction)."""
-        pred = self.predict(y)  # prediction of the NEXT frame's grid, (B, T, W)
-        before = torch.cat((prev_pred.unsqueeze(1), pred[:, :-1]), dim=1)
-        ok = torch.cat((prev_ok.unsqueeze(1), mask[:, :-1]), dim=1) & mask
-        err = (before - grids.detach()).pow(2).mean(-1)
-        return err, ok, pred
+    def frame_code(self, tokens: Tensor) -> Tensor:
+        """Patch embeddings (F, N, D) -> the frame's temporal code (F, G*G*P): cells on the principal components."""
+        return ((self.cells(tokens) - self.cell_mean) @ self.cell_proj).flatten(1)
+
+    def change_target(self, change: Tensor) -> Tensor:
+        """Code changes (..., W) -> (..., W + G*G): the changes and every cell's log-energy."""
+        cells = change.unflatten(-1, (self.cfg.temporal_grid ** 2, self.cfg.temporal_dims))
+        return torch.cat((change, torch.log(cells.pow(2).mean(-1) + 1e-5)), dim=-1)
+
+    def temporal_nll(self, pred: Tensor, target: Tensor) -> Tensor:
+        """pred (..., 2V) means and log-variances, target (..., V) from :meth:`change_target` -> per-cell
+        Gaussian NLL (..., G*G): the mean over the cell's change components plus its log-energy term."""
+        cells, dims = self.cfg.temporal_grid ** 2, self.cfg.temporal_dims
+        mean, log_var = pred.chunk(2, dim=-1)
+        # variance floors: changes below ~0.05 and energy ratios below ~1.5x are codec noise, not events
+        floor = torch.full_like(log_var[..., :1], -6.0).expand(*log_var.shape[:-1], cells * dims)
+        floor = torch.cat((floor, torch.full_like(log_var[..., : cells], -2.0)), dim=-1)
+        log_var = torch.maximum(log_var, floor).clamp(max=8.0)
+        nll = 0.5 * ((target - mean).pow(2) * torch.exp(-log_var) + log_var)
+        return nll[..., : cells * dims].unflatten(-1, (cells, dims)).mean(-1) + nll[..., cells * dims:]
+
+    def temporal_pass(self, codes: Tensor, mask: Tensor, prev_pred: Tensor, prev_code: Tensor, prev_ok: Tensor,
+                      core_state: NamedTuple | None) -> tuple[Tensor, Tensor, Tensor, NamedTuple | None]:
+        """codes (B, T, W) of valid frames (mask (B, T)) after a stream's (prev_pred (B, 2V), prev_code (B, W),
+        prev_ok (B,)) -> (per-cell NLL of each frame's change (B, T, G*G), ok (B, T): the frame had a valid
+        predecessor, predictions (B, T, 2V), core state); ``core_state=None``: whole clips (forward_sequence).
+        V = ``cfg.temporal_target``."""
+        before_ok = torch.cat((prev_ok.unsqueeze(1), mask[:, :-1]), dim=1)
+        ok = before_ok & mask
+        before = torch.cat((prev_code.unsqueeze(1), codes[:, :-1]), dim=1)
+        change = self.change_target(torch.where(ok.unsqueeze(-1), codes - before, torch.zeros_like(codes)))
+        x = self.frame_in(torch.cat((codes, change), dim=-1))
+        if core_state is None:
+            y = self.core.forward_sequence(x, mask)
+        else:
+            y, core_state = self.core.step(x, core_state, None, mask)
+        pred = self.predict(y)  # the NEXT frame's change, (B, T, 2W)
+        pred_before = torch.cat((prev_pred.unsqueeze(1), pred[:, :-1]), dim=1)
+        return self.temporal_nll(pred_before, change), ok, pred, core_state
 
     # -- streaming -----------------------------------------------------------------------------------
     def _check(self, x: Tensor, where: str) -> None:
@@ -389,41 +447,54 @@ class AnomalyModel(nn.Module):
             new_state = self.State(state.frames_seen + mask.sum(1))
         else:
             s = self.stats
-            grids = self.frame_grid(tokens).view(b, t, -1)
-            core_state = self.core.State(*state[2:])
-            y, core_state = self.core.step(self.frame_in(grids), core_state, None, mask)
-            err, ok, pred = self.temporal_errors(grids, y, state.prev_pred, state.prev_ok, mask)
-            temporal = torch.where(ok, (err - s[4]) / s[5], torch.zeros_like(err))
+            codes = self.frame_code(tokens).view(b, t, -1)
+            core_state = self.core.State(*state[3:])
+            nll, ok, pred, core_state = self.temporal_pass(codes, mask, state.prev_pred, state.prev_code,
+                                                           state.prev_ok, core_state)
+            temporal = torch.where(ok, (nll.amax(-1) - s[4]) / s[5], torch.zeros_like(image_score))
             last = mask.long().sum(1).clamp(min=1) - 1
             keep = mask.any(1)
-            prev_pred = torch.where(keep.unsqueeze(-1), pred[torch.arange(b), last], state.prev_pred)
+            rows = torch.arange(b, device=x.device)
+            prev_pred = torch.where(keep.unsqueeze(-1), pred[rows, last], state.prev_pred)
+            prev_code = torch.where(keep.unsqueeze(-1), codes[rows, last], state.prev_code)
             prev_ok = state.prev_ok | keep
-            new_state = self.State(prev_pred, prev_ok, *core_state)
+            new_state = self.State(prev_pred, prev_code, prev_ok, *core_state)
         score = image_score + temporal
         return AnomalyOutput(amap, image_score, temporal, score), new_state
 
+    def video_codes(self, x: Tensor) -> Tensor:
+        """Frames (B, S, H, W, 3) uint8 -> temporal codes (B, S, W); no gradients (the spatial part is trained
+        first, as a masked autoencoder, and frozen)."""
+        with torch.no_grad():
+            return self.frame_code(self.tokens(x.flatten(0, 1))).view(x.shape[0], x.shape[1], -1)
+
+    def forward_codes(self, codes: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Whole clips of temporal codes (B, S, W) -> (per-cell NLL of each frame's change (B, S, G*G),
+        ok (B, S)): the temporal training objective, equal to streaming from a fresh state."""
+        if self.core is None:
+            raise ValueError("AnomalyModel.forward_codes: the model has no temporal memory (temporal=None)")
+        b, s, w = codes.shape
+        if mask is None:
+            mask = torch.ones(b, s, dtype=torch.bool, device=codes.device)
+        nll, ok, _, _ = self.temporal_pass(codes, mask, codes.new_zeros(b, 2 * self.cfg.temporal_target),
+                                           codes.new_zeros(b, w),
+                                           torch.zeros(b, dtype=torch.bool, device=codes.device), None)
+        return nll, ok
+
     def forward_sequence(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Temporal training on whole clips: x (B, S, H, W, 3) -> (errors (B, S), ok (B, S)); the spatial part is
-        evaluated without gradients (it is trained first, as a masked autoencoder)."""
+        """Whole clips x (B, S, H, W, 3) -> (raw temporal scores (B, S): the worst cell's NLL, ok (B, S))."""
         if self.core is None:
             raise ValueError("AnomalyModel.forward_sequence: the model has no temporal memory (temporal=None)")
-        b, s = x.shape[:2]
-        if mask is None:
-            mask = torch.ones(b, s, dtype=torch.bool, device=x.device)
-        with torch.no_grad():
-            grids = self.frame_grid(self.encode(self.tokens(x.flatten(0, 1)))[-1]).view(b, s, -1)
-        y = self.core.forward_sequence(self.frame_in(grids), mask)
-        zeros = torch.zeros(b, grids.shape[-1], device=x.device)
-        err, ok, _ = self.temporal_errors(grids, y, zeros, torch.zeros(b, dtype=torch.bool, device=x.device), mask)
-        return err, ok
+        nll, ok = self.forward_codes(self.video_codes(x), mask)
+        return nll.amax(-1), ok
 
 
 # -- presets ----------------------------------------------------------------------------------------------
 @register_model
 def anomaly_small(**overrides) -> AnomalyModel:
     """128x128 images in 8x8 patches, width 128, 4 encoder blocks with 32 memory slots each, a 2-block decoder
-    reading encoder levels 1 and 3; a 4096-entry bank of normal patch features; a causal width-128 core with a
-    queue of 64 frames for video (segments of 4 frames)."""
+    reading encoder levels 1 and 3; a 4096-entry bank of normal patch features; for video, frames coded as 8x8
+    cells x 8 principal components and a causal width-128 core with a queue of 64 frames (segments of 4)."""
     temporal = CoreConfig(dim=128, heads=4, layers=2, ff_mult=2, segment=4, memory="queue", memory_length=64,
                           causal=True, dropout=0.0)
     core_fields = {f.name for f in dataclasses.fields(CoreConfig)}

@@ -3,8 +3,10 @@
 1. **Masked autoencoder** on normal images (an MVTec-layout category's ``train/good``, a plain folder, or frames
    of normal training videos): each step hides a random ``mask_ratio`` of every image's patches; the loss is
    the squared error of the hidden patches' pixels.
-2. **Temporal memory** (video only, ``--temporal-steps``): clips of normal training videos; the core learns to
-   predict each frame's pooled token grid from the frames before it (the spatial part is frozen).
+2. **Temporal memory** (video only, ``--temporal-steps``): the frame code's principal components are fitted on
+   the normal training videos (:func:`fit_temporal_code`), every frame is coded once (the spatial part is
+   frozen), and the core learns, on clips of codes, to predict each frame's change from the frames before it
+   (Gaussian negative log-likelihood).
 3. **Normality fit** (:func:`fit_normality`): the memory bank of normal patch features (a greedy coreset,
    PatchCore) from most training images, and the statistics that standardise the scores from the others
    (held out, so the bank's self-matches do not make normal look too normal).
@@ -87,34 +89,64 @@ class MaeObjective:
 
 
 class TemporalObjective(MaeObjective):
-    """Next-frame prediction of the pooled token grid over clips of normal videos (spatial part frozen)."""
+    """Next-change prediction (Gaussian NLL) over clips of normal videos' temporal codes (spatial part frozen:
+    every frame is coded once, at construction)."""
 
-    def __init__(self, model: AnomalyModel, videos: list[np.ndarray], *, clip_frames: int = 32, batch: int = 4,
+    def __init__(self, model: AnomalyModel, videos: list[np.ndarray], *, clip_frames: int = 64, batch: int = 8,
                  steps_per_epoch: int = 100, extra_config: dict | None = None) -> None:
         if not videos:
             raise ValueError("TemporalObjective: no training videos")
         t = model.cfg.segment
-        self.model, self.videos, self.batch = model, videos, batch
+        self.model, self.batch = model, batch
+        self.codes = [video_codes(model, v) for v in videos]
         self.clip = max(t, clip_frames // t * t)
         self.steps_per_epoch, self.extra_config = steps_per_epoch, extra_config or {}
 
     def batches(self, rank: int, world: int, seed: int, epoch: int) -> Iterator[dict]:
         rng = np.random.default_rng(seed * 100_003 + epoch + 7)
         for k in range(self.steps_per_epoch):
-            clips = []
+            clips, masks = [], []
             for _ in range(self.batch):
-                v = self.videos[rng.integers(len(self.videos))]
+                v = self.codes[rng.integers(len(self.codes))]
                 start = int(rng.integers(0, max(1, len(v) - self.clip + 1)))
                 clip = v[start:start + self.clip]
-                clips.append(np.concatenate((clip, np.repeat(clip[-1:], self.clip - len(clip), 0))) if len(clip) <
-                             self.clip else clip)
+                pad = self.clip - len(clip)
+                clips.append(torch.cat((clip, clip.new_zeros(pad, clip.shape[1]))) if pad else clip)
+                masks.append(torch.arange(self.clip) < len(clip))
             if k % world == rank:
-                yield {"x": torch.from_numpy(np.stack(clips))}
+                yield {"codes": torch.stack(clips), "mask": torch.stack(masks)}
 
     def loss(self, model: AnomalyModel, batch: dict, window: int, state) -> tuple[Tensor, None, dict[str, float]]:
-        err, ok = model.forward_sequence(batch["x"])
-        loss = (err * ok).sum() / ok.sum().clamp(min=1)
-        return loss, None, {"mse_next": float(loss.detach()), "samples": int(ok.sum())}
+        nll, ok = model.forward_codes(batch["codes"], batch["mask"])
+        loss = (nll.mean(-1) * ok).sum() / ok.sum().clamp(min=1)
+        return loss, None, {"nll_next": float(loss.detach()), "samples": int(ok.sum())}
+
+
+@torch.no_grad()
+def video_codes(model: AnomalyModel, frames: np.ndarray, batch: int = 64) -> Tensor:
+    """A video's frames (F, S, S, 3) uint8 -> its temporal codes (F, W)."""
+    model.eval()
+    return torch.cat([model.video_codes(torch.from_numpy(frames[i:i + batch]).unsqueeze(0))[0]
+                      for i in range(0, len(frames), batch)])
+
+
+@torch.no_grad()
+def fit_temporal_code(model: AnomalyModel, videos: list[np.ndarray], max_frames: int = 4096, seed: int = 0) -> dict:
+    """The frame code's principal components: PCA of the temporal cells' mean patch embeddings over frames of
+    the normal videos (into the model's ``cell_mean`` / ``cell_proj`` buffers)."""
+    model.eval()
+    frames = np.concatenate(videos)
+    if len(frames) > max_frames:
+        frames = frames[np.sort(np.random.default_rng(seed).choice(len(frames), max_frames, replace=False))]
+    cells = torch.cat([model.cells(model.tokens(torch.from_numpy(frames[i:i + 64]))).flatten(0, 1)
+                       for i in range(0, len(frames), 64)])
+    mean = cells.mean(0)
+    _, sv, v = torch.linalg.svd(cells - mean, full_matrices=False)
+    k = model.cfg.temporal_dims
+    model.cell_mean.copy_(mean)
+    model.cell_proj.copy_(v[:k].t())
+    explained = float(sv[:k].pow(2).sum() / sv.pow(2).sum().clamp(min=1e-12))
+    return {"cells": int(cells.shape[0]), "explained_variance": round(explained, 4)}
 
 
 def coreset(features: Tensor, size: int, seed: int = 0) -> Tensor:
@@ -163,8 +195,8 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
         for v in videos:
             t = model.cfg.segment
             n = len(v) // t * t
-            err, ok = model.forward_sequence(torch.from_numpy(v[:n]).unsqueeze(0))
-            errs.append(err[ok])
+            nll, ok = model.forward_codes(video_codes(model, v[:n]).unsqueeze(0))
+            errs.append(nll.amax(-1)[ok])
         e = torch.cat(errs)
         stats[4:] = [float(e.mean()), float(e.std().clamp(min=1e-6))]
     model.stats.copy_(torch.tensor(stats))
@@ -188,6 +220,7 @@ def train_anomaly(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
         summary["mae"] = train(model, MaeObjective(model, images, batch=batch, extra_config=extra), cfg, out / "mae",
                                resume=False)
     if videos and temporal_steps and model.core is not None:
+        summary["temporal_code"] = fit_temporal_code(model, videos, seed=seed)
         for param in model.parameters():
             param.requires_grad_(False)
         for module in (model.frame_in, model.core, model.predict):

@@ -14,7 +14,8 @@ from memstream.pipelines.cli import main
 
 TINY = {"image_size": 32, "patch": 8, "dim": 32, "depth": 2, "heads": 2, "decoder_depth": 1, "decoder_levels": (0, 1),
         "feature_level": 0, "memory_slots": 4, "bank_size": 64, "score_masks": 2, "memae_items": 8}
-TEMPORAL = {"temporal_dim": 32, "temporal_heads": 2, "temporal_layers": 1, "temporal_memory_length": 8}
+TEMPORAL = {"temporal_dim": 32, "temporal_heads": 2, "temporal_layers": 1, "temporal_memory_length": 8,
+            "temporal_grid": 2, "temporal_dims": 4}
 
 
 def tiny(temporal: bool = False, **overrides):
@@ -41,6 +42,36 @@ def test_temporal_streaming_equals_sequence():
     assert not bool(ok[0, 0]) and bool(ok[0, 1:].all())
     assert torch.allclose(streamed[ok], err[ok], atol=1e-5)  # stats are mean 0, sd 1 before fitting
     assert float(streamed[0, 0]) == 0.0
+
+
+def _conveyor(frames_n: int, speed: int = 2, stop: tuple[int, int] | None = None) -> np.ndarray:
+    """(F, 32, 32, 3) uint8: bright 4-px bars riding a belt at ``speed`` px per frame; stopped in ``stop``."""
+    out = np.full((frames_n, 32, 32, 3), 40, np.uint8)
+    pos = 0
+    for f in range(frames_n):
+        if stop is None or not stop[0] <= f < stop[1]:
+            pos += speed
+        for x in range(pos % 12 - 12, 32, 12):
+            out[f, 16:24, max(0, x):max(0, x + 4)] = 220
+    return out
+
+
+def test_temporal_memory_flags_a_stopped_belt(tmp_path):
+    from memstream.pipelines.anomaly import fit_temporal_code, train_anomaly, video_codes
+    from memstream.pipelines.anomaly_task import score_video
+
+    model = tiny(temporal=True).train()
+    normal = [_conveyor(96), _conveyor(96, speed=3)]
+    train_anomaly(model, np.concatenate(normal)[::4], normal, tmp_path, steps=0, temporal_steps=150, batch=4,
+                  threads=1, spatial=False, log_every=1000)
+    proj = model.cell_proj
+    assert torch.allclose(proj.t() @ proj, torch.eye(proj.shape[1]), atol=1e-4)  # principal components
+    assert fit_temporal_code(model, normal)["explained_variance"] > 0.5
+    codes = video_codes(model, normal[0])
+    assert codes.shape == (96, model.cfg.temporal_width)
+    test = _conveyor(96, stop=(48, 64))
+    temporal = score_video(model, test, model.cfg.segment)["temporal"]
+    assert temporal[52:64].mean() > temporal[8:44].max()  # once stopped, every frame beats the normal ones
 
 
 def test_maps_bank_and_fit():

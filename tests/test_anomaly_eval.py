@@ -20,7 +20,8 @@ from memstream.pipelines.synth_defects import generate
 
 TINY = {"image_size": 32, "patch": 8, "dim": 32, "depth": 2, "heads": 2, "decoder_depth": 1, "decoder_levels": (0, 1),
         "feature_level": 0, "memory_slots": 4, "bank_size": 64, "score_masks": 2}
-TEMPORAL = {"temporal_dim": 32, "temporal_heads": 2, "temporal_layers": 1, "temporal_memory_length": 8}
+TEMPORAL = {"temporal_dim": 32, "temporal_heads": 2, "temporal_layers": 1, "temporal_memory_length": 8,
+            "temporal_grid": 2, "temporal_dims": 4}
 HAZELNUT = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "anomaly" / "hazelnut_reduced"
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 

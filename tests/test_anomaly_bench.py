@@ -1,0 +1,37 @@
+"""``memstream bench anomaly`` end to end on a tiny synth-defects set: one JSON object naming every figure the
+issue asks for, the headline score being the preset's (the benchmark's choice), real data skipped with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from memstream.models import build, save_checkpoint
+from memstream.pipelines.cli import main
+from memstream.pipelines.synth_defects import generate
+
+TINY_VIDEO = {"image_size": 32, "patch": 8, "dim": 32, "depth": 2, "heads": 2, "decoder_depth": 1,
+              "decoder_levels": (0, 1), "memory_slots": 4, "bank_size": 64, "score_masks": 2, "temporal_dim": 32,
+              "temporal_heads": 2, "temporal_layers": 1, "temporal_memory_length": 8, "temporal_grid": 2,
+              "temporal_dims": 4}
+
+
+def test_bench_json(tmp_path, capsys):
+    data = tmp_path / "set"
+    generate(data, categories=["weave"], train=4, test_good=2, test_defect=2, size=32, video_train=1, video_test=1,
+             video_seconds=6.0, fps=4.0, video_size=64)
+    torch.manual_seed(0)
+    model = build("anomaly-small", **TINY_VIDEO)
+    save_checkpoint(tmp_path / "video", model, {"model": "anomaly", "config": model.cfg.to_dict()})
+    capsys.readouterr()
+    assert main(["bench", "anomaly", "--data", str(data), "--checkpoint", str(tmp_path / "video"), "--realdata",
+                 str(tmp_path / "none"), "--steps", "1", "--temporal-steps", "1", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["real_hazelnut_reduced"].startswith("skipped")
+    assert model.cfg.score == "features"
+    assert out["image_auroc_synthetic"] == out["image_auroc_synthetic_features"]
+    for key in ("image_auroc_synthetic_rec", "image_auroc_synthetic_fused", "frame_auroc_video",
+                "frame_auroc_video_no_memory", "frame_auroc_video_temporal"):
+        assert 0.0 <= out[key] <= 1.0, key
+    assert out["fps_torch"] > 0 and out["fps_onnx"] > 0 and out["video_test_frames"] == 24
+    assert set(out["goals"]) == {"image_auroc_synthetic>=0.95", "video_memory>no_memory"}
