@@ -309,5 +309,5 @@ def cli_train(argv: list[str]) -> int:
                             float_dtype=torch.float16 if args.half else None)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk in ("steps", "seconds", "final_loss")}
-                              if k != "normality" else v) for k, v in summary.items()}))
+                              if k not in ("normality", "temporal_code") else v) for k, v in summary.items()}))
     return 0

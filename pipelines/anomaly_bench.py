@@ -106,6 +106,14 @@ def real_and_synthetic(realdata: Path, synthetic: Path | None, steps: int, threa
     return out
 
 
+def _event_of_frame(labels: dict) -> np.ndarray:
+    """A test video's labels -> each frame's event type ('' for normal frames)."""
+    kind = np.full(len(labels["frame_labels"]), "", dtype=object)
+    for e in labels.get("events", []):
+        kind[e["start_frame"]:e["end_frame"] + 1] = e["type"]
+    return kind
+
+
 def video(synthetic: Path, checkpoint: str | None, temporal_steps: int, threads: int) -> dict:
     """Frame AUROC of the video model vs the same model with its temporal core retrained without memory."""
     from memstream.export import TorchBackend
@@ -132,15 +140,20 @@ def video(synthetic: Path, checkpoint: str | None, temporal_steps: int, threads:
     train_anomaly(plain, images, train_videos, Path(tempfile.mkdtemp(prefix="memstream-bench-video-")), steps=0,
                   temporal_steps=temporal_steps, batch=8, threads=threads, spatial=False,
                   log_every=max(1, temporal_steps // 4))
-    out: dict = {}
+    out: dict = {"frame_auroc_video_by_event": {}}
+    y = np.concatenate([np.asarray(test[n]["frame_labels"]) for n in frames])
+    kind = np.concatenate([_event_of_frame(test[n]) for n in frames])
     for key, m in (("", model), ("_no_memory", plain)):
         backend = TorchBackend(m)
         scores = {n: score_video(backend, f, m.cfg.segment) for n, f in frames.items()}
-        y = np.concatenate([np.asarray(test[n]["frame_labels"]) for n in frames])
         for part in ("score", "image_score", "temporal"):
             s = np.concatenate([scores[n][part] for n in frames])
             name = "frame_auroc_video" + ("" if part == "score" else f"_{part}") + key
             out[name] = round(frame_auroc(y, s), 4)
+            if part != "image_score":  # each event type's frames against all normal frames
+                out["frame_auroc_video_by_event"][part + key] = {
+                    e: round(frame_auroc(kind[(kind == e) | (y == 0)] == e, s[(kind == e) | (y == 0)]), 4)
+                    for e in sorted(set(kind[y == 1]))}
     out["video_test_frames"] = int(sum(len(f) for f in frames.values()))
     return out
 
@@ -175,7 +188,8 @@ def cli_bench(argv: list[str]) -> int:
     p.add_argument("--checkpoint", help="the video model (default: the bundled anomaly-small)")
     p.add_argument("--realdata", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "realdata"))
     p.add_argument("--steps", type=int, default=300, help="masked-autoencoder steps per category model")
-    p.add_argument("--temporal-steps", type=int, default=300)
+    p.add_argument("--temporal-steps", type=int, default=3000,
+                   help="temporal steps of the no-memory video model (the bundled model's: 3000)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip", action="append", default=[], choices=("images", "video", "speed"))
     args = p.parse_args(argv)

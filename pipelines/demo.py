@@ -11,8 +11,8 @@
    ``memstream run track``; then HOTA/IDF1 against the clip's ground truth, next to the SORT baseline on the
    clip's public detections, and which returning people kept their id. An overlay video with ids and trails.
 4. Anomaly detection: the bundled ``anomaly-small`` watches a bundled clip of a normal scene (a conveyor, a
-   blinking light, a pendulum) into which anomalies were injected, some only in time (the belt stops, the light
-   sticks); the first seconds calibrate the threshold in the stream; each anomalous stretch is printed as it is
+   blinking light, a pendulum) into which anomalies were injected, some only in time (the pendulum freezes, the belt
+   runs backwards); the first seconds calibrate the threshold in the stream; each anomalous stretch is printed as it is
    flagged, then the frame AUROC against the clip's labels. An overlay video with the heat map.
 5. Associative recall: the bundled memory-core models streamed at growing distances (``memstream.pipelines.recall``).
 """
@@ -253,8 +253,9 @@ def anomaly_demo(threads: int = 2, overlay: str | None = None) -> int:
     task = AnomalyTask(calibration_s=4.0)
     overlay = overlay or str(Path(tempfile.gettempdir()) / "memstream-demo-anomaly.mp4")
     print(f"Anomaly detection: {sample.name} ({info['frames']} frames at {info['fps']:g} fps), bundled anomaly-small "
-          f"(masked autoencoder with memory slots + a bank of normal patch features + temporal memory); the first "
-          "4 s calibrate the threshold; anomalous stretches as they are flagged:")
+          f"(a bank of normal patch features from its masked autoencoder + a temporal memory that predicts how "
+          "each part of the scene moves next); the first 4 s calibrate the threshold; anomalous stretches as they "
+          "are flagged:")
     scores: list[float] = []
     state = {"start": None}
 

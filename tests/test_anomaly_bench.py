@@ -33,5 +33,8 @@ def test_bench_json(tmp_path, capsys):
     for key in ("image_auroc_synthetic_rec", "image_auroc_synthetic_fused", "frame_auroc_video",
                 "frame_auroc_video_no_memory", "frame_auroc_video_temporal"):
         assert 0.0 <= out[key] <= 1.0, key
+    by_event = out["frame_auroc_video_by_event"]
+    assert set(by_event) == {"score", "temporal", "score_no_memory", "temporal_no_memory"} and by_event["score"]
+    assert all(0.0 <= v <= 1.0 for v in by_event["temporal"].values())
     assert out["fps_torch"] > 0 and out["fps_onnx"] > 0 and out["video_test_frames"] == 24
     assert set(out["goals"]) == {"image_auroc_synthetic>=0.95", "video_memory>no_memory"}
