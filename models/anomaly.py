@@ -16,7 +16,8 @@ Trained on normal images (or footage) only. An image is cut into ``patch`` x ``p
   its nearest neighbour in a **memory bank of normal patch features** (PatchCore: a greedy coreset of the
   training patches, ``bank_size`` entries, a fixed-capacity buffer with a validity mask); ``fused``: their
   sum. Image score: the map's maximum. The default is ``features``: ``memstream bench anomaly`` found it best on
-  every category (reconstruction error is high on normal edges too, and the sum inherits that).
+  every image category (reconstruction error is high on normal edges too, and the sum inherits that); on the
+  synthetic video ``fused`` was better (frame AUROC 0.892 vs 0.833), at a sixth of the speed.
 - **Temporal memory** (``temporal``, video): each frame is coded as its patch embeddings pooled to
   ``temporal_grid`` x ``temporal_grid`` cells and projected on the ``temporal_dims`` principal components of
   normal cells (fitted on the training videos); the code and its change since the previous frame go through
