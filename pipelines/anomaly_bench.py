@@ -70,8 +70,12 @@ def _train(category_dir: Path, out: Path, steps: int, memory: bool, threads: int
 
 
 def real_and_synthetic(realdata: Path, synthetic: Path | None, steps: int, threads: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="memstream-bench-anomaly-") as work:  # the category models' folders
+        return _real_and_synthetic(realdata, synthetic, steps, threads, Path(work))
+
+
+def _real_and_synthetic(realdata: Path, synthetic: Path | None, steps: int, threads: int, work: Path) -> dict:
     out: dict = {}
-    work = Path(tempfile.mkdtemp(prefix="memstream-bench-anomaly-"))
     for name in REAL:
         folder = realdata / "anomaly" / name
         if not folder.is_dir():
@@ -137,9 +141,9 @@ def video(synthetic: Path, checkpoint: str | None, temporal_steps: int, threads:
     plain = AnomalyModel(AnomalyConfig.from_dict(cfg.to_dict()))
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("core.")}, strict=False)
     images = np.concatenate([v[::4] for v in train_videos])
-    train_anomaly(plain, images, train_videos, Path(tempfile.mkdtemp(prefix="memstream-bench-video-")), steps=0,
-                  temporal_steps=temporal_steps, batch=8, threads=threads, spatial=False,
-                  log_every=max(1, temporal_steps // 4))
+    with tempfile.TemporaryDirectory(prefix="memstream-bench-video-") as work:
+        train_anomaly(plain, images, train_videos, work, steps=0, temporal_steps=temporal_steps, batch=8,
+                      threads=threads, spatial=False, log_every=max(1, temporal_steps // 4))
     out: dict = {"frame_auroc_video_by_event": {}}
     y = np.concatenate([np.asarray(test[n]["frame_labels"]) for n in frames])
     kind = np.concatenate([_event_of_frame(test[n]) for n in frames])

@@ -16,7 +16,12 @@ TINY_VIDEO = {"image_size": 32, "patch": 8, "dim": 32, "depth": 2, "heads": 2, "
               "temporal_dims": 4}
 
 
-def test_bench_json(tmp_path, capsys):
+def test_bench_json(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     data = tmp_path / "set"
     generate(data, categories=["weave"], train=4, test_good=2, test_defect=2, size=32, video_train=1, video_test=1,
              video_seconds=6.0, fps=4.0, video_size=64)
@@ -37,4 +42,5 @@ def test_bench_json(tmp_path, capsys):
     assert set(by_event) == {"score", "temporal", "score_no_memory", "temporal_no_memory"} and by_event["score"]
     assert all(0.0 <= v <= 1.0 for v in by_event["temporal"].values())
     assert out["fps_torch"] > 0 and out["fps_onnx"] > 0 and out["video_test_frames"] == 24
+    assert not list(scratch.glob("memstream-bench-*"))  # the category and no-memory models are cleaned up
     assert set(out["goals"]) == {"image_auroc_synthetic>=0.95", "video_memory>no_memory"}
