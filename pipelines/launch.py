@@ -156,13 +156,18 @@ def model_backend(model, kind: str, *, export, check, onnx_path: str | None = No
         return TorchBackend(model)
     if kind != "onnx":
         raise ValueError(f"backend {kind!r}: choose torch or onnx")
-    if onnx_path is None:
-        import tempfile
+    if onnx_path is not None:
+        backend = OnnxBackend(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
+        check(backend, model, onnx_path)
+        return backend
+    import tempfile
 
-        onnx_path = str(Path(tempfile.mkdtemp(prefix="memstream-")) / "model.onnx")
-        export(model, onnx_path)
-    backend = OnnxBackend(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
-    check(backend, model, onnx_path)
+    # the session holds the graph in memory once created, so the exported file need not outlive this call
+    with tempfile.TemporaryDirectory(prefix="memstream-") as folder:
+        path = str(Path(folder) / "model.onnx")
+        export(model, path)
+        backend = OnnxBackend(path, providers=["CPUExecutionProvider"], threads=threads)
+        check(backend, model, path)
     return backend
 
 
