@@ -421,7 +421,7 @@ class AnomalyModel(nn.Module):
             y = self.core.forward_sequence(x, mask)
         else:
             y, core_state = self.core.step(x, core_state, None, mask)
-        pred = self.predict(y)  # the NEXT frame's change, (B, T, 2W)
+        pred = self.predict(y)  # the NEXT frame's change and energy, (B, T, 2V)
         pred_before = torch.cat((prev_pred.unsqueeze(1), pred[:, :-1]), dim=1)
         return self.temporal_nll(pred_before, change), ok, pred, core_state
 
