@@ -8,6 +8,17 @@ from dataclasses import dataclass
 MEMORY_TYPES = ("queue", "tokens", "slots", "knn", "ntm", "none")
 
 
+def requirement(owner: str):
+    """``need(ok, message)`` for a config's ``__post_init__``: raises ``ValueError("<owner>: <message>")`` unless
+    ``ok``, so every config names itself in its errors the same way."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(f"{owner}: {message}")
+
+    return need
+
+
 def check_known_fields(cls: type, d: dict) -> None:
     """A saved config with fields the dataclass ``cls`` does not have fails, naming them."""
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
@@ -66,9 +77,7 @@ class CoreConfig:
         if isinstance(self.memory_length, list):
             object.__setattr__(self, "memory_length", tuple(self.memory_length))
 
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(f"CoreConfig: {message}")
+        need = requirement("CoreConfig")
 
         for name in ("dim", "heads", "layers", "ff_mult", "segment"):
             value = getattr(self, name)

@@ -37,7 +37,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from memstream.memory import CoreConfig, MemoryCore, reset_state
-from memstream.memory.config import check_known_fields
+from memstream.memory.config import check_known_fields, requirement
 from memstream.models.registry import register_model
 from torch import Tensor, nn
 
@@ -109,9 +109,7 @@ class ActionConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
 
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(f"ActionConfig: {message}")
+        need = requirement("ActionConfig")
 
         need(len(self.classes) >= 1, "classes is empty")
         need(len(set(self.classes)) == len(self.classes), f"classes has duplicates: {self.classes!r}")

@@ -43,7 +43,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from memstream.memory import CoreConfig, MemoryCore, reset_state
-from memstream.memory.config import check_known_fields
+from memstream.memory.config import check_known_fields, requirement
 from memstream.models.registry import register_model
 from timm.layers import Mlp, PatchEmbed
 from torch import Tensor, nn
@@ -86,9 +86,7 @@ class AnomalyConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "decoder_levels", tuple(self.decoder_levels))
 
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(f"AnomalyConfig: {message}")
+        need = requirement("AnomalyConfig")
 
         need(self.image_size % self.patch == 0,
              f"image_size={self.image_size} must be a multiple of patch={self.patch}")

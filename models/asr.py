@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 from memstream.memory import CoreConfig, MemoryCore, reset_state
-from memstream.memory.config import check_known_fields
+from memstream.memory.config import check_known_fields, requirement
 from memstream.models.registry import register_model
 from torch import Tensor, nn
 
@@ -67,9 +67,7 @@ class AsrConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "vocab", tuple(self.vocab))
 
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(f"AsrConfig: {message}")
+        need = requirement("AsrConfig")
 
         need(len(self.vocab) >= 2 and self.vocab[0] == BLANK,
              f"vocab must start with the blank {BLANK!r} and hold at least one symbol, got {self.vocab[:3]!r}")

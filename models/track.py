@@ -41,7 +41,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from memstream.memory import CoreConfig, MemoryCore, reset_state
-from memstream.memory.config import check_known_fields
+from memstream.memory.config import check_known_fields, requirement
 from memstream.models.registry import register_model
 from torch import Tensor, nn
 
@@ -92,9 +92,7 @@ class TrackConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", tuple(self.image_size))
 
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(f"TrackConfig: {message}")
+        need = requirement("TrackConfig")
 
         need(self.core.segment == 1, f"core.segment={self.core.segment} must be 1 (one observation per step)")
         need(len(self.image_size) == 2 and all(isinstance(v, int) and v >= 32 and v % 16 == 0

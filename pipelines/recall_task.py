@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from memstream.memory import CoreConfig, MemoryCore
+from memstream.memory.config import requirement
 from memstream.memory.queue import QueueMemory
 from torch import Tensor, nn
 
@@ -48,9 +49,7 @@ class RecallTask:
     queries: int = 4
 
     def __post_init__(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(f"RecallTask: {message}")
+        need = requirement("RecallTask")
 
         for name in ("segment", "num_keys", "num_values", "num_distractors", "pair_segments", "queries"):
             value = getattr(self, name)
