@@ -134,12 +134,10 @@ def _progress(total: int):
 
 def plot_results(result: dict, path: str | Path) -> Path:
     """Two panels: AP@0.5 per class, and the histogram of detection latency."""
-    import matplotlib
+    from memstream.pipelines.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
-    path = Path(path)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(result["ap_per_class"])
     ap50 = [result["ap_per_class"][c][2] for c in names]  # tIoU 0.3, 0.4, 0.5, ...
@@ -156,11 +154,7 @@ def plot_results(result: dict, path: str | Path) -> Path:
     b.set_xlabel("emission time - ground-truth end (s)")
     b.set_ylabel("detected instances")
     b.set_title(f"detection latency ({len(values)} instances at tIoU >= 0.5)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def cli_eval(argv: list[str]) -> int:

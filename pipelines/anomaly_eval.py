@@ -191,14 +191,12 @@ def _heat_map(ax, case: tuple, norm) -> None:
 def plot_results(scored: Scored, path) -> Path:
     """ROC curves (image level per category; frame level per video signal) and, for images, two rows of heat
     maps: the highest-scoring good images and the lowest-scoring defect images, with the masks outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
     from memstream.pipelines.anomaly_metrics import roc_curve_points
+    from memstream.pipelines.figures import pyplot, save_figure
 
-    path = Path(path)
+    plt = pyplot()
+
     good = sorted(scored.good, key=lambda c: -c[0])[:WORST]
     defect = sorted(scored.defect, key=lambda c: c[0])[:WORST]
     columns = max(len(good), len(defect))
@@ -225,11 +223,7 @@ def plot_results(scored: Scored, path) -> Path:
             _heat_map(ax, case, norm)
             if col == 0:
                 ax.text(-0.08, 0.5, what, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def format_table(result: dict) -> str:

@@ -124,10 +124,9 @@ def _progress(total: int):
 
 def plot_wer_by_length(result: dict, path: str | Path, title: str = "WER by utterance length") -> Path:
     """A PNG bar chart of ``result["wer_by_length"]`` (WER per bucket, utterance counts on the bars)."""
-    import matplotlib
+    from memstream.pipelines.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     buckets = result["wer_by_length"]
     names = list(buckets)
@@ -140,12 +139,7 @@ def plot_wer_by_length(result: dict, path: str | Path, title: str = "WER by utte
     ax.set_xlabel("utterance length")
     ax.set_ylabel("WER (%)")
     ax.set_title(f"{title} (overall {100.0 * (result['wer'] or 0.0):.1f}%)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi="figure")
 
 
 def backend_for(model, kind: str, onnx_path: str | None = None, threads: int | None = None):

@@ -130,12 +130,10 @@ def score_sequences(sequences: list[MotSequence], tracks: Callable[[MotSequence]
 
 def plot_scores(scores: dict[str, SequenceScore], combined: SequenceScore, path) -> Path:
     """Two panels: HOTA, MOTA, IDF1 per sequence and combined; HOTA, DetA, AssA against the IoU threshold alpha."""
-    import matplotlib
+    from memstream.pipelines.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
-    path = Path(path)
     names = [*scores, "COMBINED"]
     summaries = [s.summary() for s in (*scores.values(), combined)]
     fig, (a, b) = plt.subplots(1, 2, figsize=(max(8.0, 4.5 + 0.9 * len(names)), 4))
@@ -154,11 +152,7 @@ def plot_scores(scores: dict[str, SequenceScore], combined: SequenceScore, path)
     b.set_ylim(0, 100)
     b.legend(fontsize=8)
     b.set_title("combined: HOTA family against alpha")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def format_table(result: dict) -> str:
