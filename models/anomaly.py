@@ -255,6 +255,10 @@ class AnomalyModel(nn.Module):
             self.register_buffer("cell_mean", torch.zeros(d))
             self.register_buffer("cell_proj", torch.eye(d)[:, : cfg.temporal_dims].clone())
             target = cfg.temporal_target
+            # variance floors: changes below ~0.05 and energy ratios below ~1.5x are codec noise, not events
+            cells = cfg.temporal_grid ** 2
+            self.register_buffer("log_var_floor", torch.cat((torch.full((cells * cfg.temporal_dims,), -6.0),
+                                                             torch.full((cells,), -2.0))), persistent=False)
             self.frame_in = nn.Sequential(nn.LayerNorm(width + target), nn.Linear(width + target, t.dim))
             self.core = MemoryCore(t)
             self.predict = nn.Linear(t.dim, 2 * target)  # mean and log-variance of the next change and energy
@@ -397,10 +401,7 @@ class AnomalyModel(nn.Module):
         Gaussian NLL (..., G*G): the mean over the cell's change components plus its log-energy term."""
         cells, dims = self.cfg.temporal_grid ** 2, self.cfg.temporal_dims
         mean, log_var = pred.chunk(2, dim=-1)
-        # variance floors: changes below ~0.05 and energy ratios below ~1.5x are codec noise, not events
-        floor = torch.full_like(log_var[..., :1], -6.0).expand(*log_var.shape[:-1], cells * dims)
-        floor = torch.cat((floor, torch.full_like(log_var[..., : cells], -2.0)), dim=-1)
-        log_var = torch.maximum(log_var, floor).clamp(max=8.0)
+        log_var = torch.maximum(log_var, self.log_var_floor).clamp(max=8.0)
         nll = 0.5 * ((target - mean).pow(2) * torch.exp(-log_var) + log_var)
         return nll[..., : cells * dims].unflatten(-1, (cells, dims)).mean(-1) + nll[..., cells * dims:]
 
