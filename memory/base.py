@@ -69,7 +69,7 @@ class MemoryType(nn.Module):
 
     def after_attention(self, layer: int, q: Tensor, k: Tensor, k_rot: Tensor, v: Tensor, attn: Tensor,
                         state: NamedTuple, ctx: StepContext) -> Tensor:
-        """Sees the layer's unrotated q/k, rotated k and v, (B, H, N, Dh); may change attn: (B, H, N, Dh)."""
+        """Sees the layer's unrotated q/k, rotated k and v token-major (B, N, H, Dh); may change attn (B, H, N, Dh)."""
         return attn
 
     def write(self, h: Tensor, state: NamedTuple, ctx: StepContext) -> tuple[Tensor, NamedTuple]:

@@ -54,12 +54,19 @@ MEMORY_CLASSES: dict[str, type[MemoryType]] = {
 
 def reset_state(state: NamedTuple, reset: Tensor) -> NamedTuple:
     """Zero the state of the streams where reset: (B,) bool is set; the all-zero state is the empty memory."""
+    if not _tracing() and reset.device.type == "cpu" and not bool(reset.any()):
+        return state  # the common step: no stream starts anew, and clearing copies the whole state
     out = []
     for t in state:
         r = reset.view((-1,) + (1,) * (t.dim() - 1))
         # Bool fields use logic ops: ONNX Runtime's CPU Where has no bool kernel.
         out.append(t & ~r if t.dtype == torch.bool else t.masked_fill(r, 0))
     return type(state)(*out)
+
+
+def _tracing() -> bool:
+    """Inside an export or a compile, where a graph must hold every branch a step can take."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 class MemoryCore(nn.Module):
@@ -113,20 +120,25 @@ class MemoryCore(nn.Module):
         pos = state.step.unsqueeze(1) * t + torch.arange(t, device=x.device)
         ctx = StepContext(mask=mask, n=mask.sum(1), pos=pos)
         h = self.memory.begin(x, state, ctx, self.rotary)
+        # The blocks run token-major, (B, N, H, Dh): the projection's own layout, the one SDPA's CPU kernel
+        # reads and writes, and the queue's slot-major rows, so no layer copies a transposed tensor.
+        cos, sin = (c.transpose(1, 2).unsqueeze(2) for c in (ctx.cos, ctx.sin))  # (B, N, 1, 1, Dh/2)
         masks: dict[int, Tensor] = {}  # attention masks by memory length, shared by the layers
         for layer, block in enumerate(self.blocks):
-            qkv = block.qkv_stacked(h)
-            q_rot, k_rot = rotate(qkv[:2], ctx.cos, ctx.sin).unbind(0)  # q and k rotated in one go
-            q, k, v = qkv.unbind(0)
+            qkv = block.qkv_tokens(h)  # (B, N, 3, H, Dh)
+            q_rot, k_rot = rotate(qkv[:, :, :2], cos, sin).unbind(2)  # q and k rotated in one go
+            q, k, v = qkv.unbind(2)
             memory = self.memory.read(layer, block, state, ctx)
             if memory is None:
                 keys, values, length, mvalid = k_rot, v, 0, None
             else:
                 mk, mv, mvalid = memory
-                keys, values, length = torch.cat((mk, k_rot), dim=2), torch.cat((mv, v), dim=2), mk.shape[2]
+                keys = torch.cat((mk.transpose(1, 2), k_rot), dim=1)
+                values = torch.cat((mv.transpose(1, 2), v), dim=1)
+                length = mk.shape[2]
             if length not in masks:
                 masks[length] = additive(attention_mask(mvalid, ctx.seg_mask), h.dtype)
-            attn = block.attend(q_rot, keys, values, masks[length])
+            attn = block.attend(q_rot.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), masks[length])
             attn = self.memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
             h = block.finish(h, attn)
         y, state = self.memory.write(h, state, ctx)

@@ -67,8 +67,8 @@ class KnnMemory(MemoryType):
     def after_attention(self, layer, q, k, k_rot, v, attn, state, ctx):
         if layer != self.layer:
             return attn
-        ctx.extra["keys"], ctx.extra["values"] = k, v
-        memory, any_valid = self.retrieve(q, state)
+        ctx.extra["keys"], ctx.extra["values"] = k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, Dh)
+        memory, any_valid = self.retrieve(q.transpose(1, 2), state)
         g = torch.sigmoid(self.gate_bias).view(1, -1, 1, 1)
         return torch.where(any_valid, g * memory + (1 - g) * attn, attn)
 

@@ -49,7 +49,8 @@ class Rotary(nn.Module):
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: (B, H, N, Dh) rotated by cos/sin: (B, 1, N, Dh/2)."""
+    """x: (B, H, N, Dh) rotated by cos/sin: (B, 1, N, Dh/2); any layout whose cos/sin broadcast, e.g.
+    token-major x: (B, N, S, H, Dh) with cos/sin: (B, N, 1, 1, Dh/2)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
@@ -137,14 +138,13 @@ class Block(nn.Module):
 
     def qkv_heads(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """h: (B, N, D) -> unrotated q, k, v: (B, H, N, Dh)."""
-        b, n, _ = h.shape
-        return self.qkv_stacked(h).unbind(0)
+        return self.qkv_tokens(h).permute(2, 0, 3, 1, 4).unbind(0)
 
-    def qkv_stacked(self, h: Tensor) -> Tensor:
-        """h: (B, N, D) -> unrotated q, k, v stacked: (3, B, H, N, Dh)."""
+    def qkv_tokens(self, h: Tensor) -> Tensor:
+        """h: (B, N, D) -> unrotated q, k, v token-major: (B, N, 3, H, Dh), a view of one projection."""
         b, n, _ = h.shape
         qkv = F.linear(self._norm(self.norm1, h), self.qkv.weight, self.qkv.bias)
-        return qkv.view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv.view(b, n, 3, self.heads, self.head_dim)
 
     @staticmethod
     def rotate_heads(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
