@@ -44,7 +44,9 @@ class _CoreDecoder:
     def update(self, outputs: Tensor, segment: Segment) -> list[dict]:
         n = segment.num_valid
         tokens = math.ceil(n / self.task.hop) if self.task.kind == "audio" else n
-        norm = float(outputs[:tokens].float().mean(dim=0).norm()) if tokens else 0.0
+        # numpy: a few torch ops on an (T, D) tensor cost more than the arithmetic, once per segment per stream
+        mean = outputs[:tokens].cpu().numpy().mean(axis=0, dtype=np.float64) if tokens else None
+        norm = float(np.sqrt(mean @ mean)) if tokens else 0.0
         if segment.times is not None and n:  # video: last frame's time + one frame
             end = float(segment.times[n - 1]) + 1.0 / segment.rate
         else:
@@ -102,18 +104,17 @@ class CoreProbeTask:
 
     def encode(self, segments: list[Segment]) -> tuple[Tensor, Tensor]:
         b, t = len(segments), self.tokens
-        valid = np.stack([s.valid for s in segments])  # (B, samples or frames)
         if self.kind == "audio":  # numpy: a few times cheaper than torch at these sizes
             frames = np.stack([s.data for s in segments]).astype(np.float32, copy=False).reshape(b, t, self.hop)
             spectrum = np.abs(np.fft.rfft(frames, axis=-1)).astype(np.float32)
             features = torch.from_numpy(np.log(spectrum + np.float32(1e-5)))  # (B, T, hop // 2 + 1)
-            mask = torch.from_numpy(np.ascontiguousarray(valid.reshape(b, t, self.hop)[..., 0]))
+            mask = torch.from_numpy(np.stack([s.valid[::self.hop] for s in segments]))  # a token's first sample
         else:
             frames = torch.from_numpy(np.stack([s.data for s in segments])).float()  # (B, T, H, W, 3)
             gray = frames @ torch.tensor(GRAY)  # (B, T, H, W)
             pooled = F.adaptive_avg_pool2d(gray.flatten(0, 1).unsqueeze(1), self.grid)  # (B*T, 1, gh, gw)
             features = (pooled / 255.0 - 0.5).view(b, t, -1)
-            mask = torch.from_numpy(valid)
+            mask = torch.from_numpy(np.stack([s.valid for s in segments]))
         return features @ self.projection, mask
 
     def split(self, outputs: Tensor, index: int) -> Tensor:

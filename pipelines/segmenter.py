@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -37,11 +38,12 @@ class Segment:
     index: int
     times: np.ndarray | None = None
 
-    @property
+    @cached_property
     def num_valid(self) -> int:
+        # Read by the runner, the decoders and the sinks, several times per segment; valid never changes.
         return int(self.valid.sum())
 
-    @property
+    @cached_property
     def duration(self) -> float:
         return self.num_valid / self.rate
 
