@@ -163,8 +163,9 @@ def feature_stats(model: AsrModel, objective: AsrObjective, utterances: int = 40
     g = np.random.default_rng(seed)
     picks = g.choice(len(objective.utterances), size=min(utterances, len(objective.utterances)), replace=False)
     total, total_sq, count = 0.0, 0.0, 0
+    device = next(model.parameters()).device
     for i in picks.tolist():
-        x = torch.from_numpy(objective.audio(i).astype(np.float32) / 32768.0).unsqueeze(0)
+        x = torch.from_numpy(objective.audio(i).astype(np.float32) / 32768.0).unsqueeze(0).to(device)
         raw = model.features.raw(model.frames(x))[0].double()
         total, total_sq, count = total + raw.sum(0), total_sq + (raw * raw).sum(0), count + raw.shape[0]
     mean = total / count

@@ -210,6 +210,8 @@ def train(model: nn.Module, objective: Objective, cfg: TrainConfig, out_dir: str
         dist.init_process_group("nccl" if device.type == "cuda" and torch.cuda.is_available() else "gloo")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls: the usual trade on GPUs that have them
     try:
         return _train(model, objective, cfg, out_dir, rank, world, device, resume, evaluate, progress)
     finally:
