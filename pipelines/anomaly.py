@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from memstream.models import build, save_checkpoint
-from memstream.models.anomaly import AnomalyModel
+from memstream.models.anomaly import MAPS, POSITION_SHRINK, SCORES, AnomalyModel
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -174,22 +174,27 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
     order = rng.permutation(len(images))
     n_out = max(1, int(round(len(images) * holdout))) if len(images) > 2 else 0
     held, bank_images = images[order[:n_out]], images[order[n_out:]]
-    feats = torch.cat([model.features(torch.from_numpy(bank_images[i:i + batch])).flatten(0, 1)
-                       for i in range(0, len(bank_images), batch)])
+    per_image = torch.cat([model.features(torch.from_numpy(bank_images[i:i + batch]))
+                           for i in range(0, len(bank_images), batch)])  # (n, N, D)
+    feats = per_image.flatten(0, 1)
     bank = coreset(feats, model.cfg.bank_size, seed)
     model.bank.zero_()
     model.bank[: len(bank)] = bank
     model.bank_valid.zero_()
     model.bank_valid[: len(bank)] = True
+    if model.cfg.position_dims:
+        fit_positions(model, per_image)
     probe = held if len(held) else bank_images
-    rec, feat = [], []
+    names = [n for n in MAPS if n != "position" or model.cfg.position_dims]
+    raw: dict[str, list[Tensor]] = {n: [] for n in names}
     for i in range(0, len(probe), batch):
-        r, f, _ = model.raw_maps(torch.from_numpy(probe[i:i + batch]))
-        rec.append(r)
-        feat.append(f)
-    rec_t, feat_t = torch.cat(rec), torch.cat(feat)
-    stats = [float(rec_t.mean()), float(rec_t.std().clamp(min=1e-6)), float(feat_t.mean()),
-             float(feat_t.std().clamp(min=1e-6)), 0.0, 1.0]
+        maps, _ = model.raw_maps(torch.from_numpy(probe[i:i + batch]), tuple(names))
+        for n in names:
+            raw[n].append(maps[n])
+    spread = {n: [float(torch.cat(v).mean()), float(torch.cat(v).std().clamp(min=1e-6))] for n, v in raw.items()}
+    stats = [*spread["reconstruction"], *spread["features"], 0.0, 1.0]
+    if model.cfg.position_dims:
+        model.position_stats.copy_(torch.tensor(spread["position"]))
     if videos and model.core is not None:
         errs = []
         for v in videos:
@@ -200,8 +205,38 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
         e = torch.cat(errs)
         stats[4:] = [float(e.mean()), float(e.std().clamp(min=1e-6))]
     model.stats.copy_(torch.tensor(stats))
-    return {"bank": int(len(bank)), "bank_from_patches": int(feats.shape[0]), "holdout_images": int(len(held)),
-            "stats": [round(v, 6) for v in stats]}
+    out = {"bank": int(len(bank)), "bank_from_patches": int(feats.shape[0]), "holdout_images": int(len(held)),
+           "stats": [round(v, 6) for v in stats]}
+    if model.cfg.position_dims:
+        out["position_stats"] = [round(v, 6) for v in spread["position"]]
+    return out
+
+
+@torch.no_grad()
+def fit_positions(model: AnomalyModel, feats: Tensor) -> None:
+    """The per-position Gaussians of score ``position`` from normal patch features (n images, N, D): the
+    features' principal components over all positions, then each position's mean and shrunk covariance."""
+    n = feats.shape[0]
+    if n < 2:
+        raise ValueError(f"fit_positions: {n} normal image(s); a Gaussian per position needs at least 2")
+    k = model.cfg.position_dims
+    center = feats.mean((0, 1))
+    flat = (feats - center).flatten(0, 1)
+    if len(flat) < k:
+        raise ValueError(f"fit_positions: {len(flat)} patch features, fewer than position_dims={k}")
+    _, _, v = torch.linalg.svd(flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:8192]],
+                               full_matrices=False)
+    proj = v[:k].T.contiguous()  # (D, k)
+    x = (feats - center) @ proj  # (n, N, k)
+    mean = x.mean(0)
+    xc = x - mean
+    cov = torch.einsum("snk,snl->nkl", xc, xc) / (n - 1)
+    shrink = POSITION_SHRINK * cov.diagonal(dim1=1, dim2=2).mean(-1).clamp(min=1e-6)
+    precision = torch.linalg.inv(cov + shrink.view(-1, 1, 1) * torch.eye(k))
+    model.position_center.copy_(center)
+    model.position_proj.copy_(proj)
+    model.position_mean.copy_(mean)
+    model.position_precision.copy_(precision)
 
 
 def train_anomaly(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarray], out: str | Path, *,
@@ -282,9 +317,10 @@ def cli_train(argv: list[str]) -> int:
     p.add_argument("--image-size", type=int, help="input size (default: the preset's)")
     p.add_argument("--memory-slots", type=int, help="learned memory slots per encoder block (0: none)")
     p.add_argument("--addressing", choices=("none", "memae"), help="MemAE addressing with hard shrinkage")
-    p.add_argument("--score", choices=("fused", "reconstruction", "features"),
-                   help="which score the model gives (default: the preset's, features: best on the image "
-                        "benchmarks; fused was best on video, at a sixth of the speed)")
+    p.add_argument("--score", choices=SCORES,
+                   help="which score the model gives (default: the preset's, features: best on textures and "
+                        "turning objects; position: best on aligned objects, a part always in the same place; "
+                        "fused was best on video, at a sixth of the speed)")
     p.add_argument("--temporal-memory", choices=("queue", "none"), help="core memory of the temporal part")
     p.add_argument("--frame-stride", type=int, default=4, help="--video: every k-th frame for the autoencoder")
     p.add_argument("--threads", type=int, default=0)

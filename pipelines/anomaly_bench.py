@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SHORT = {"features": "features", "reconstruction": "rec", "fused": "fused"}  # model score -> _evaluate key
+SHORT = {"features": "features", "reconstruction": "rec", "fused": "fused", "position": "position"}  # -> _evaluate key
 GOALS = {"image_auroc_real": 0.9, "image_auroc_synthetic": 0.95}
 REAL = ("hazelnut_reduced", "transistor_reduced")
 
@@ -40,13 +40,8 @@ def _evaluate(model, dataset) -> dict:
     masks = np.stack([load_mask(t.mask_path, s) if t.mask_path else np.zeros((s, s), bool) for t in dataset.test])
     labels = [t.label for t in dataset.test]
     with torch.inference_mode():
-        rec, feat, _ = model.eval().raw_maps(torch.from_numpy(images))
-    st = model.stats
-    out = {}
-    for name, m in (("rec", None if rec is None else (rec - st[0]) / st[1]),
-                    ("features", None if feat is None else (feat - st[2]) / st[3])):
-        if m is not None:
-            out[name] = m
+        raw, _ = model.eval().raw_maps(torch.from_numpy(images))
+    out = {SHORT[name]: model.standardise(name, m) for name, m in raw.items()}
     if "rec" in out and "features" in out:
         out["fused"] = out["rec"] + out["features"]
     return {k: {"image_auroc": round(image_auroc(labels, m.flatten(1).amax(1).numpy()), 4),
@@ -95,6 +90,9 @@ def _real_and_synthetic(realdata: Path, synthetic: Path | None, steps: int, thre
         out[f"pixel_auroc_{short}_features_only"] = with_memory["features"]["pixel_auroc"]
         out[f"image_auroc_{short}_reconstruction_only"] = with_memory["rec"]["image_auroc"]
         out[f"image_auroc_{short}_fused"] = with_memory["fused"]["image_auroc"]
+        if "position" in with_memory:
+            out[f"image_auroc_{short}_position"] = with_memory["position"]["image_auroc"]
+            out[f"pixel_auroc_{short}_position"] = with_memory["position"]["pixel_auroc"]
     if synthetic is not None:
         from memstream.pipelines.anomaly_data import find_categories
 
@@ -103,9 +101,10 @@ def _real_and_synthetic(realdata: Path, synthetic: Path | None, steps: int, thre
             model, dataset = _train(folder, work / f"synth-{folder.name}", steps, memory=True, threads=threads)
             per[folder.name] = _evaluate(model, dataset)
         out["synthetic"] = per
-        for score in ("fused", "rec", "features"):
-            out[f"image_auroc_synthetic_{score}"] = round(float(np.mean([v[score]["image_auroc"]
-                                                                         for v in per.values()])), 4)
+        for score in ("fused", "rec", "features", "position"):
+            if all(score in v for v in per.values()):
+                out[f"image_auroc_synthetic_{score}"] = round(float(np.mean([v[score]["image_auroc"]
+                                                                             for v in per.values()])), 4)
         out["image_auroc_synthetic"] = out[f"image_auroc_synthetic_{SHORT[model.cfg.score]}"]
     return out
 

@@ -252,6 +252,8 @@ def format_table(result: dict) -> str:
 
 
 def cli_eval(argv: list[str]) -> int:
+    from memstream.models.anomaly import SCORES
+
     p = argparse.ArgumentParser(prog="memstream eval anomaly", description=(
         "Image AUROC, pixel AUROC and AUPRO@0.3 of an anomaly model per MVTec AD layout category (and their mean); "
         "with --video the frame AUROC on the annotated test videos of a synth-defects set."))
@@ -265,6 +267,8 @@ def cli_eval(argv: list[str]) -> int:
     p.add_argument("--batch", type=int, default=8, help="images per forward pass")
     p.add_argument("--plot", help="write a PNG: ROC curves and heat maps of the worst cases")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--score", choices=SCORES, help="score with this instead of the checkpoint's own score (e.g. "
+                                                   "position for aligned parts, features for textures)")
     args = p.parse_args(argv)
     from memstream.pipelines.anomaly_task import load_anomaly_model, model_backend_for
     from memstream.pipelines.sinks import to_json
@@ -287,7 +291,8 @@ def cli_eval(argv: list[str]) -> int:
 
     @functools.cache
     def model_for(directory: str | None):
-        return load_anomaly_model(directory)[0]
+        model = load_anomaly_model(directory)[0]
+        return model.use_score(args.score) if args.score else model
 
     @functools.cache
     def scorer_for(directory: str | None):  # one ONNX export per checkpoint

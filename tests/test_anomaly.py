@@ -97,6 +97,38 @@ def test_maps_bank_and_fit():
         model.step(torch.zeros(1, 1, 32, 32, 3), model.init_state(1))
 
 
+def _aligned(n: int, seed: int) -> np.ndarray:
+    """(n, 32, 32, 3) uint8 images of one aligned part: a dark left half, a bright right half, sensor noise."""
+    rng = np.random.default_rng(seed)
+    x = np.full((n, 32, 32, 3), 60.0)
+    x[:, :, 16:] = 190.0
+    return np.clip(x + rng.normal(0, 6, x.shape), 0, 255).astype(np.uint8)
+
+
+def test_position_score_sees_normal_content_in_the_wrong_place():
+    """A bright block moved into the dark half: every patch of it looks like a normal patch somewhere, so the
+    global bank barely moves, while the per-position Gaussian of that place has never seen it."""
+    from memstream.pipelines.anomaly import fit_normality
+
+    model = tiny(score="position")
+    summary = fit_normality(model, _aligned(24, 0))
+    assert len(summary["position_stats"]) == 2
+    proj = model.position_proj
+    assert torch.allclose(proj.t() @ proj, torch.eye(proj.shape[1]), atol=1e-4)  # principal components
+    test = _aligned(5, 1)
+    test[0, 8:16, 0:8] = test[0, 8:16, 16:24]  # a right-half patch copied into the left half
+    with torch.no_grad():
+        raw, _ = model.raw_maps(torch.from_numpy(test))
+        position, features = (model.standardise(n, raw[n]) for n in ("position", "features"))
+        amap, score, _ = model.spatial(torch.from_numpy(test))
+    assert torch.equal(amap, position)  # score "position" is that map alone
+    assert float(score[0]) > float(score[1:].max()) + 3.0  # standard deviations above every normal image
+    margin = lambda m: float(m[0].amax() - m[1:].amax())  # noqa: E731 - anomalous image's peak over the normals'
+    assert margin(position) > 3 * max(margin(features), 0.1)
+    with pytest.raises(ValueError, match="position_dims"):
+        tiny(score="position", position_dims=0)
+
+
 def test_memae_addressing_runs():
     model = tiny(addressing="memae")
     with torch.no_grad():
@@ -104,14 +136,14 @@ def test_memae_addressing_runs():
     assert torch.isfinite(amap).all()
 
 
-@pytest.mark.parametrize("temporal", [False, True])
-def test_onnx_runtime_equals_pytorch(tmp_path, temporal):
+@pytest.mark.parametrize(("temporal", "score"), [(False, "features"), (True, "features"), (False, "position")])
+def test_onnx_runtime_equals_pytorch(tmp_path, temporal, score):
     pytest.importorskip("onnxruntime")
     from memstream.export import OnnxBackend, TorchBackend
     from memstream.pipelines.anomaly import fit_normality
     from memstream.pipelines.anomaly_task import export_anomaly, score_video
 
-    model = tiny(temporal=temporal)
+    model = tiny(temporal=temporal, score=score)
     fit_normality(model, frames(8).numpy())
     export_anomaly(model, tmp_path / "a.onnx")
     video = frames(3 * model.cfg.segment + 1, 5).numpy()  # a padded last segment

@@ -35,8 +35,8 @@ def test_bench_json(tmp_path, capsys, monkeypatch):
     assert out["real_hazelnut_reduced"].startswith("skipped")
     assert model.cfg.score == "features"
     assert out["image_auroc_synthetic"] == out["image_auroc_synthetic_features"]
-    for key in ("image_auroc_synthetic_rec", "image_auroc_synthetic_fused", "frame_auroc_video",
-                "frame_auroc_video_no_memory", "frame_auroc_video_temporal"):
+    for key in ("image_auroc_synthetic_rec", "image_auroc_synthetic_fused", "image_auroc_synthetic_position",
+                "frame_auroc_video", "frame_auroc_video_no_memory", "frame_auroc_video_temporal"):
         assert 0.0 <= out[key] <= 1.0, key
     by_event = out["frame_auroc_video_by_event"]
     assert set(by_event) == {"score", "temporal", "score_no_memory", "temporal_no_memory"} and by_event["score"]

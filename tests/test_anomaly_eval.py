@@ -14,7 +14,7 @@ from memstream.models import build, save_checkpoint
 from memstream.pipelines.anomaly import fit_normality, load_images, read_video_frames
 from memstream.pipelines.anomaly_data import find_categories, load_mask, read_mvtec
 from memstream.pipelines.anomaly_metrics import aupro, frame_auroc, image_auroc, pixel_auroc, summarise
-from memstream.pipelines.anomaly_task import model_backend_for, score_images, score_video
+from memstream.pipelines.anomaly_task import load_anomaly_model, model_backend_for, score_images, score_video
 from memstream.pipelines.cli import main
 from memstream.pipelines.synth_defects import generate
 
@@ -90,6 +90,17 @@ def test_json_equals_direct_metrics_and_plot(image_set, tmp_path, capsys):
     assert main(["eval", "anomaly", "--data", str(data / "weave"), "--checkpoint", str(ck)]) == 0
     table = capsys.readouterr().out
     assert "image AUROC" in table and "weave" in table and "mean" in table and "nut" not in table
+
+
+def test_score_override(image_set, capsys):
+    """--score scores the checkpoint's images with another of its fitted maps, the same as the model switched."""
+    data, ck, model = image_set
+    assert main(["eval", "anomaly", "--data", str(data / "weave"), "--checkpoint", str(ck), "--json",
+                 "--score", "position"]) == 0
+    got = _json(capsys)["categories"]["weave"]
+    switched = load_anomaly_model(ck)[0].use_score("position")
+    assert got == pytest.approx(_direct(data / "weave", switched), abs=1e-9)
+    assert got != pytest.approx(_direct(data / "weave", model), abs=1e-9)  # not the checkpoint's own score
 
 
 def test_checkpoint_per_category(image_set, tmp_path, capsys):
