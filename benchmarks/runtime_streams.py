@@ -67,7 +67,7 @@ def run_once(task, backend, packets: list[list[Packet]], sequential: bool) -> di
     wall = time.perf_counter() - t0
     total = summary["total"]
     segments = total["segments"]
-    step_s = sum(runner.stats.steps)
+    step_s = runner.stats.steps.total
     return {"throughput": segments / wall, "overhead_ms": 1e3 * (wall - step_s) / segments,
             "step_ms": 1e3 * step_s / segments, "mean_batch": total["mean_batch"]}
 

@@ -61,6 +61,69 @@ def percentiles_ms(values: list[float]) -> dict[str, float | None]:
     return {"p50": round(1e3 * float(p50), 3), "p99": round(1e3 * float(p99), 3)}
 
 
+class Durations:
+    """Durations in seconds in bounded memory, for runs that go on for days: every value is kept until there
+    are ``EXACT`` of them (percentiles as numpy's), then they are counted in log-spaced bins 1 % wide from 1 us
+    to 10^4 s (percentiles within 0.5 %). ``count`` and ``total`` stay exact."""
+
+    EXACT = 4096
+    LOW, HIGH, RATIO = 1e-6, 1e4, 1.01
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.bins: np.ndarray | None = None  # counts per bin, once the values have overflowed
+        self.count, self.total = 0, 0.0
+
+    @classmethod
+    def _bin(cls, seconds: np.ndarray) -> np.ndarray:
+        top = math.ceil(math.log(cls.HIGH / cls.LOW, cls.RATIO))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            index = np.floor(np.log(np.maximum(seconds, cls.LOW) / cls.LOW) / math.log(cls.RATIO))
+        return np.clip(np.nan_to_num(index, nan=0), 0, top).astype(np.int64)
+
+    def _histogram(self) -> None:
+        self.bins = np.zeros(math.ceil(math.log(self.HIGH / self.LOW, self.RATIO)) + 1, np.int64)
+        np.add.at(self.bins, self._bin(np.asarray(self.values, dtype=np.float64)), 1)
+        self.values = []
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        if self.bins is not None:  # plain Python: this runs once per segment
+            clipped = min(max(seconds, self.LOW), self.HIGH) if seconds == seconds else self.LOW  # NaN: the first bin
+            self.bins[min(int(math.log(clipped / self.LOW) / math.log(self.RATIO)), len(self.bins) - 1)] += 1
+            return
+        self.values.append(seconds)
+        if len(self.values) > self.EXACT:
+            self._histogram()
+
+    def extend(self, other: Durations) -> None:
+        """Add every value ``other`` recorded."""
+        if self.bins is None and other.bins is None:
+            for v in other.values:
+                self.add(v)
+            return
+        if self.bins is None:
+            self._histogram()
+        self.count += other.count
+        self.total += other.total
+        if other.bins is not None:
+            self.bins += other.bins
+        else:
+            np.add.at(self.bins, self._bin(np.asarray(other.values, dtype=np.float64)), 1)
+
+    def percentiles_ms(self) -> dict[str, float | None]:
+        """{"p50": ms, "p99": ms} (None when nothing was recorded)."""
+        if self.bins is None:
+            return percentiles_ms(self.values)
+        cumulative = np.cumsum(self.bins)
+        out = {}
+        for name, q in (("p50", 0.50), ("p99", 0.99)):
+            i = int(np.searchsorted(cumulative, int(q * (self.count - 1)) + 1))  # the bin holding that rank
+            out[name] = round(1e3 * self.LOW * self.RATIO ** (i + 0.5), 3)  # its geometric centre
+        return out
+
+
 class JsonlSink:
     """One JSON object per line; ``target`` is a path (created with its folder) or an open text file."""
 
@@ -275,26 +338,26 @@ class RunStats:
         self.task, self.backend = task, backend
         self.start = time.perf_counter()
         self.streams: dict[str, dict] = {}
-        self.latency: dict[str, list[float]] = {}
-        self.steps: list[float] = []
-        self.batches: list[int] = []
+        self.latency: dict[str, Durations] = {}
+        self.steps = Durations()
+        self.batched = 0  # segments over all steps
 
     def stream_started(self, stream: str, source: str) -> None:
         self.streams[stream] = {"source": source, "kind": None, "status": "running", "error": None,
                                 **dict.fromkeys(self.COUNTS, 0), "media_s": 0.0, "processing_s": 0.0,
                                 "source_errors": []}
-        self.latency[stream] = []
+        self.latency[stream] = Durations()
 
     def segment_done(self, stream: str, media_s: float, latency_s: float, processing_s: float) -> None:
         row = self.streams[stream]
         row["segments"] += 1
         row["media_s"] += media_s
         row["processing_s"] += processing_s
-        self.latency[stream].append(latency_s)
+        self.latency[stream].add(latency_s)
 
     def step_done(self, step_s: float, batch: int) -> None:
-        self.steps.append(step_s)
-        self.batches.append(batch)
+        self.steps.add(step_s)
+        self.batched += batch
 
     def stream_ended(self, stream: str, status: str, error: str | None = None, **counts: Any) -> None:
         row = self.streams[stream]
@@ -303,11 +366,11 @@ class RunStats:
             if value is not None:
                 row[key] = value
 
-    def _finish_row(self, row: dict, latency: list[float]) -> dict:
+    def _finish_row(self, row: dict, latency: Durations) -> dict:
         out = dict(row)
         out["media_s"] = round(row["media_s"], 6)
         out["processing_s"] = round(row["processing_s"], 6)
-        out["latency_ms"] = percentiles_ms(latency)
+        out["latency_ms"] = latency.percentiles_ms()
         out["real_time_factor"] = round(row["processing_s"] / row["media_s"], 6) if row["media_s"] > 0 else None
         return out
 
@@ -317,13 +380,16 @@ class RunStats:
         total: dict[str, Any] = {key: sum(row[key] for row in self.streams.values()) for key in self.COUNTS}
         total["media_s"] = sum(row["media_s"] for row in self.streams.values())
         total["processing_s"] = sum(row["processing_s"] for row in self.streams.values())
-        total = self._finish_row(total, [v for values in self.latency.values() for v in values])
+        every = Durations()
+        for latency in self.latency.values():
+            every.extend(latency)
+        total = self._finish_row(total, every)
         statuses = Counter(row["status"] for row in self.streams.values())
         total.update(
             streams=len(self.streams), ended=statuses.get("ended", 0), removed=statuses.get("removed", 0),
             stopped=statuses.get("stopped", 0), errors=statuses.get("error", 0),
-            steps=len(self.steps), model_step_ms=percentiles_ms(self.steps),
-            mean_batch=round(float(np.mean(self.batches)), 3) if self.batches else None,
+            steps=self.steps.count, model_step_ms=self.steps.percentiles_ms(),
+            mean_batch=round(self.batched / self.steps.count, 3) if self.steps.count else None,
             wall_s=round(wall, 6), segments_per_s=round(total["segments"] / wall, 3) if wall > 0 else None,
         )
         return {"task": self.task, "backend": self.backend, "total": total, "streams": streams}

@@ -16,6 +16,7 @@ from memstream.pipelines.core_task import CoreProbeTask
 from memstream.pipelines.runner import StreamRunner
 from memstream.pipelines.segmenter import VideoSegmenter
 from memstream.pipelines.sinks import (
+    Durations,
     JsonlSink,
     OverlayVideoSink,
     RunStats,
@@ -102,6 +103,29 @@ def test_overlay_video_sink(tmp_path):
     while cap.read()[0]:
         count += 1
     assert count == 10
+
+
+def test_durations_stay_bounded_and_accurate():
+    """Exact as numpy up to Durations.EXACT values; after that a fixed-size histogram within 0.5 %."""
+    rng = np.random.default_rng(0)
+    few = rng.lognormal(-5, 1, 1000)
+    d = Durations()
+    for v in few:
+        d.add(float(v))
+    assert d.percentiles_ms() == percentiles_ms(list(few)) and d.bins is None
+    many = rng.lognormal(-5, 1, 60_000)
+    long_run, first, second = Durations(), Durations(), Durations()
+    for i, v in enumerate(many):
+        long_run.add(float(v))
+        (first if i < 3000 else second).add(float(v))
+    assert long_run.values == [] and long_run.bins.size < 3000  # memory no longer grows with the run
+    assert long_run.count == 60_000 and long_run.total == pytest.approx(many.sum())
+    exact = np.percentile(many, [50, 99]) * 1e3
+    got = long_run.percentiles_ms()
+    assert got["p50"] == pytest.approx(exact[0], rel=0.006) and got["p99"] == pytest.approx(exact[1], rel=0.006)
+    first.extend(second)  # an exact record merged with a histogram: the histogram of both
+    assert first.count == 60_000 and first.percentiles_ms() == got
+    assert Durations().percentiles_ms() == {"p50": None, "p99": None}
 
 
 def test_run_stats_and_summary_sink(tmp_path):
