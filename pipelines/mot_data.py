@@ -167,9 +167,14 @@ def write_results(path, rows) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        for fr, tid, x, y, w, h, c, *_ in _sort_rows(full):
-            f.write(f"{int(fr)},{int(tid)},{x:.2f},{y:.2f},{w:.2f},{h:.2f},{c:.4f},-1,-1,-1\n")
+        f.write(format_result_rows(_sort_rows(full)))
     return path
+
+
+def format_result_rows(rows: np.ndarray) -> str:
+    """(N, >= 7) frame,id,x,y,w,h,conf rows -> their MOTChallenge result lines (ints, 2 and 4 decimals)."""
+    return "".join(f"{int(fr)},{int(tid)},{x:.2f},{y:.2f},{w:.2f},{h:.2f},{c:.4f},-1,-1,-1\n"
+                   for fr, tid, x, y, w, h, c, *_ in rows)
 
 
 def rows_by_frame(rows) -> dict[int, np.ndarray]:

@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from memstream.models import build, list_models
 from memstream.models.track import ASSIGN_NONE, TrackModel
-from memstream.pipelines.mot_data import find_sequences, read_sequence, rows_by_frame
+from memstream.pipelines.mot_data import find_sequences, format_result_rows, read_sequence, rows_by_frame
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -378,23 +379,27 @@ def cli_run(argv: list[str]) -> int:
 
 class MotResultSink:
     """Writes each stream's ``tracks`` events as a MOTChallenge result file ``<out>/<stream>.txt``, boxes in the
-    source's pixels (normalised x 1000 where a source reports no frame size)."""
+    source's pixels (normalised x 1000 where a source reports no frame size). Rows are written frame by frame
+    (frames arrive in order, ids sorted within a frame), so a stream of any length holds no rows in memory and
+    a killed run keeps every finished frame."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        self.rows: dict[str, list] = {}
+        self.files: dict[str, IO[str]] = {}
 
     def write(self, event: dict) -> None:
         if event.get("type") != "tracks":
             return
+        stream = str(event.get("stream", "0"))
+        if stream not in self.files:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.files[stream] = open(self.out / f"{stream}.txt", "w", buffering=1)  # noqa: SIM115 - closed in close()
         w, h = event.get("size") or (1000, 1000)
-        rows = self.rows.setdefault(str(event.get("stream", "0")), [])
-        for t in event["tracks"]:
-            x1, y1, x2, y2 = t["box"]
-            rows.append((event["frame"], t["id"], x1 * w, y1 * h, (x2 - x1) * w, (y2 - y1) * h, t["score"]))
+        rows = sorted((event["frame"], t["id"], t["box"][0] * w, t["box"][1] * h, (t["box"][2] - t["box"][0]) * w,
+                       (t["box"][3] - t["box"][1]) * h, t["score"]) for t in event["tracks"])
+        self.files[stream].write(format_result_rows(rows))
 
     def close(self) -> None:
-        from memstream.pipelines.mot_data import write_results
-
-        for stream, rows in self.rows.items():
-            write_results(self.out / f"{stream}.txt", np.asarray(rows, np.float64).reshape(-1, 7))
+        for f in self.files.values():
+            f.close()
+        self.files.clear()

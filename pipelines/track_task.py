@@ -197,6 +197,9 @@ class _TrackStreamDecoder:
         for t in tracks:
             x1, y1, x2, y2 = t["box"]
             self.trails.setdefault(t["id"], deque(maxlen=TRAIL)).append(((x1 + x2) / 2, y2))
+        if len(self.trails) > len(self.decoder.slots):  # ids the decoder has let go never come back
+            live = {track.id for track in self.decoder.slots.values()}
+            self.trails = {i: trail for i, trail in self.trails.items() if i in live}
         w, h = self.size or (1, 1)
         scale = np.array([w, h, w, h], np.float64)
         return [{"type": "tracks", "frame": self.frame, "time": time, "size": list(self.size) if self.size else None,

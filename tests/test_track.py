@@ -157,3 +157,46 @@ def test_cli_train_export_run_eval(scenes, checkpoint, tmp_path, capsys):
     assert main(["eval", "track", "--data", str(scenes / "test"), "--checkpoint", str(checkpoint), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert {"HOTA", "AssA", "IDF1", "MOTA", "IDSW"} <= set(result["combined"])
+
+
+def test_result_sink_writes_frame_by_frame(tmp_path):
+    """Rows reach the file as each frame's event arrives (a killed run keeps them, a day-long stream holds none in
+    memory), ids sorted within a frame, the same lines write_results gives for the whole run."""
+    from memstream.pipelines.mot_data import write_results
+    from memstream.pipelines.track import MotResultSink
+
+    sink = MotResultSink(tmp_path / "out")
+    events = [{"type": "tracks", "stream": "cam", "frame": f, "size": [200, 100],
+               "tracks": [{"id": i, "box": [0.1 * i, 0.2, 0.1 * i + 0.05, 0.6], "score": 0.5 + 0.01 * f}
+                          for i in (3, 1)]} for f in (1, 2)]
+    sink.write({"type": "segment", "stream": "cam"})  # not a tracks event: ignored
+    sink.write(events[0])
+    assert (tmp_path / "out" / "cam.txt").read_text().splitlines()[0].startswith("1,1,20.00,20.00,10.00,40.00,0.5100")
+    sink.write(events[1])
+    sink.close()
+    sink.close()
+    rows = [(e["frame"], t["id"], t["box"][0] * 200, t["box"][1] * 100, (t["box"][2] - t["box"][0]) * 200,
+             (t["box"][3] - t["box"][1]) * 100, t["score"]) for e in events for t in e["tracks"]]
+    write_results(tmp_path / "whole.txt", rows)
+    assert (tmp_path / "out" / "cam.txt").read_text() == (tmp_path / "whole.txt").read_text()
+
+
+def test_trails_keep_only_live_tracks(checkpoint):
+    """The overlay's trails follow the decoder's live tracks: ids it has let go are dropped, however many come."""
+    from memstream.pipelines.segmenter import Segment
+    from memstream.pipelines.track_task import TrackTask
+
+    task = TrackTask(checkpoint=str(checkpoint))
+    decoder = task.new_decoder("0")
+    n, k = task.model.cfg.max_tracks, task.model.cfg.max_detections
+    segment = Segment(np.zeros((1, 4, 4, 3), np.uint8), np.ones(1, bool), 0.0, 10.0, 0, np.zeros(1))
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # detections and associations at random: tracks are born and die all the time
+        corner = rng.uniform(0, 0.5, (k, 2))
+        logits = rng.normal(0, 3, (k, n + 1))
+        outputs = {"det_box": np.concatenate((corner, corner + 0.3), 1).astype(np.float32),
+                   "det_score": rng.uniform(0.0, 1.0, k).astype(np.float32), "det_valid": rng.random(k) < 0.3,
+                   "logp": (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(np.float32)}
+        decoder.update(outputs, segment)
+    assert decoder.decoder.next_id > 3 * n  # many ids were handed out
+    assert set(decoder.trails) <= {t.id for t in decoder.decoder.slots.values()}
