@@ -302,7 +302,9 @@ def cli_run(argv: list[str]) -> int:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled asr-small)")
     p.add_argument("--method", choices=("greedy", "beam"), default="greedy", help="CTC decoding (default greedy)")
     p.add_argument("--beam", type=int, default=8)
-    p.add_argument("--no-endpoint", action="store_true", help="finalise only at the end of the stream")
+    p.add_argument("--no-endpoint", action="store_true",
+                   help="finalise only at the end of the stream (for files: the open utterance, its memory and "
+                        "each partial event grow with the stream, so a live source needs endpointing)")
     p.add_argument("--quiet", action="store_true", help="no live transcript line")
     args = p.parse_args(argv)
     if not args.source and not args.streams:
