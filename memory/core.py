@@ -54,19 +54,12 @@ MEMORY_CLASSES: dict[str, type[MemoryType]] = {
 
 def reset_state(state: NamedTuple, reset: Tensor) -> NamedTuple:
     """Zero the state of the streams where reset: (B,) bool is set; the all-zero state is the empty memory."""
-    if not _tracing() and reset.device.type == "cpu" and not bool(reset.any()):
-        return state  # the common step: no stream starts anew, and clearing copies the whole state
     out = []
     for t in state:
         r = reset.view((-1,) + (1,) * (t.dim() - 1))
         # Bool fields use logic ops: ONNX Runtime's CPU Where has no bool kernel.
         out.append(t & ~r if t.dtype == torch.bool else t.masked_fill(r, 0))
     return type(state)(*out)
-
-
-def _tracing() -> bool:
-    """Inside an export or a compile, where a graph must hold every branch a step can take."""
-    return torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 class MemoryCore(nn.Module):
