@@ -119,6 +119,10 @@ class ActionTask:
     def new_decoder(self, stream_id: str) -> _ActionStreamDecoder:
         return _ActionStreamDecoder(self)
 
+    def end_stream(self, stream_id: str) -> None:
+        """The runner is done with the stream: what the overlay kept for it goes."""
+        self._timelines.pop(stream_id, None)
+
     def export_metadata(self) -> dict:
         return export_metadata(self.model)
 

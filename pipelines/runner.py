@@ -11,7 +11,9 @@ stream that joins takes a free slot and runs its first segment with ``reset`` se
 without clearing anything outside the model. Once one stream has a segment ready the loop waits at most
 ``batch_timeout`` (counted from when that segment became ready) for the others, so a slow or stalled
 source never holds the rest back. A source that ends or raises ends only its own stream: its decoder is
-flushed, its slot freed, its end counted in the summary.
+flushed, its slot freed, its end counted in the summary; then the task and every sink that offer
+``end_stream(stream_id)`` are told, so that what they hold for it (a decoder for overlays, an open video
+writer) goes too: a process that serves streams coming and going for days keeps only their summary rows.
 
 ``stop()`` (the CLI calls it on SIGINT/SIGTERM) lets the step in flight finish and emit its events, then
 flushes every decoder and sink and writes the summary.
@@ -329,6 +331,13 @@ class StreamRunner:
         self.stats.stream_ended(st.id, status or st.status, st.error, packets=st.packets, kind=st.kind,
                                 frames_in=st.items if st.kind == "video" else 0,
                                 samples_in=st.items if st.kind == "audio" else 0, **counts)
+        for holder in (self.task, *self.sinks):
+            if hasattr(holder, "end_stream"):
+                try:
+                    holder.end_stream(st.id)
+                except Exception as e:  # noqa: BLE001 - the other streams run on
+                    log.warning("stream %s: %s.end_stream failed: %s", st.id, type(holder).__name__, e)
+        st.decoder = None  # its last events are out; nothing reads it again
         with self._cond:
             if st in self._active:
                 self._active.remove(st)

@@ -3,7 +3,8 @@
 Every event a sink receives is a flat JSON-able dict with at least ``stream`` (the stream id) and
 ``time`` (stream time in seconds); the runner adds both. A sink may also offer
 ``write_segment(stream, segment, events)`` (it then receives each segment with the events it produced,
-for overlays) and ``finish(summary)`` (it then receives the run summary just before ``close``).
+for overlays), ``end_stream(stream)`` (a stream has left the run and its last events are written) and
+``finish(summary)`` (it then receives the run summary just before ``close``).
 Every sink survives being closed twice.
 
 - :class:`JsonlSink`: JSON Lines, one event per line, line-buffered (a killed run keeps every line).
@@ -296,6 +297,12 @@ class OverlayVideoSink:
 
     def write(self, event: Event) -> None:
         pass
+
+    def end_stream(self, stream: str) -> None:
+        """The stream has left the run: its video is complete (the path stays recorded)."""
+        writer = self.writers.pop(stream, None)
+        if writer is not None:
+            writer.release()
 
     def write_segment(self, stream: str, segment, events: list[Event]) -> None:
         import cv2

@@ -259,6 +259,10 @@ class TrackTask:
         self._decoders[stream_id] = decoder
         return decoder
 
+    def end_stream(self, stream_id: str) -> None:
+        """The runner is done with the stream: what the overlay kept for it goes."""
+        self._decoders.pop(stream_id, None)
+
     def export_metadata(self) -> dict:
         return export_metadata(self.model)
 

@@ -221,6 +221,47 @@ def test_streams_join_and_leave_reusing_slots(audio_task):
         assert_events_close(events(got[sid]), events(alone["0"]))
 
 
+class _EndsRecorder(CoreProbeTask):
+    """The video probe task, recording which streams the runner says it is done with."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.ended: list[str] = []
+
+    def end_stream(self, stream_id: str) -> None:
+        self.ended.append(stream_id)
+
+
+def test_streams_coming_and_going_leave_nothing_behind(core, tmp_path):
+    """A process serving streams that come and go: after each stream ends the task and the sinks are told, its
+    overlay video is complete while later streams still run, and the runner keeps no decoder for it."""
+    import cv2
+    from memstream.pipelines.sinks import OverlayVideoSink
+
+    task = _EndsRecorder("video", core, frame_size=(24, 32), grid=(6, 8))
+    overlay = OverlayVideoSink(tmp_path / "ov-{stream}.avi", codec="MJPG")
+    closed_before_last: list[bool] = []
+
+    class Watch:  # a sink that looks at the overlay when the last stream's first segment arrives
+        def write(self, event):
+            if event["stream"] == "s5" and event.get("index") == 0:
+                closed_before_last.append("s0" not in overlay.writers and (tmp_path / "ov-s0.avi").is_file())
+
+        def close(self):
+            pass
+
+    runner = StreamRunner(task, TorchBackend(core), [overlay, Watch()], max_streams=2)
+    for k in range(6):
+        runner.add(video_source(f"s{k}", video(9, k)), f"s{k}")
+    for _ in runner.results():
+        pass
+    assert sorted(task.ended) == [f"s{k}" for k in range(6)]
+    assert closed_before_last == [True] and overlay.writers == {}
+    assert all(st.decoder is None for st in runner._streams.values())
+    cap = cv2.VideoCapture(str(tmp_path / "ov-s0.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 9
+
+
 class _RemoveOn:
     def __init__(self, watch, index):
         self.watch, self.index, self.runner = watch, index, None
