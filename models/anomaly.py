@@ -23,8 +23,9 @@ Trained on normal images (or footage) only. An image is cut into ``patch`` x ``p
   map's maximum. The default is ``features``: in ``memstream bench anomaly`` it was best on textures and on
   objects that turn (reconstruction error is high on normal edges too, and the sum inherits that), while
   ``position`` was best on the aligned ones (MVTec transistor image AUROC 1.0 against 0.5, synthetic board
-  0.71 against 0.50); every fitted model holds all maps, so ``use_score`` (``--score`` of ``eval anomaly``)
-  switches. On the synthetic video ``fused`` was better (frame AUROC 0.892 vs 0.833), at a sixth of the speed.
+  0.71 against 0.50); a model fitted with ``position_dims`` > 0 holds every map, so ``use_score`` (``--score``
+  of ``eval anomaly``) switches. On the synthetic video ``fused`` was better (frame AUROC 0.892 vs 0.833), at a
+  sixth of the speed.
 - **Temporal memory** (``temporal``, video): each frame is coded as its patch embeddings pooled to
   ``temporal_grid`` x ``temporal_grid`` cells and projected on the ``temporal_dims`` principal components of
   normal cells (fitted on the training videos); the code and its change since the previous frame go through
@@ -56,7 +57,7 @@ from timm.layers import Mlp, PatchEmbed
 from torch import Tensor, nn
 
 SCORES = ("fused", "reconstruction", "features", "position")
-MAPS = ("reconstruction", "features", "position")  # what each score sums (fused: the first two)
+MAPS = ("reconstruction", "features", "position")  # the maps a model gives; SCORE_MAPS: which each score sums
 SCORE_MAPS = {"fused": ("reconstruction", "features"), "reconstruction": ("reconstruction",),
               "features": ("features",), "position": ("position",)}
 POSITION_SHRINK = 0.1  # covariance + 0.1 x its mean variance: 50 images cannot fill a full covariance
