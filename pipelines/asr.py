@@ -25,6 +25,7 @@ import torchaudio
 from memstream.memory import MEMORY_TYPES
 from memstream.models import build, list_models
 from memstream.models.asr import SUBSAMPLING, AsrModel
+from memstream.pipelines.asr_lm import add_lm_arguments, lm_from_args
 from memstream.pipelines.asr_task import (
     DEFAULT_ENDPOINT,
     MODEL_KIND,
@@ -302,6 +303,7 @@ def cli_run(argv: list[str]) -> int:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled asr-small)")
     p.add_argument("--method", choices=("greedy", "beam"), default="greedy", help="CTC decoding (default greedy)")
     p.add_argument("--beam", type=int, default=8)
+    add_lm_arguments(p)
     p.add_argument("--no-endpoint", action="store_true",
                    help="finalise only at the end of the stream (for files: the open utterance, its memory and "
                         "each partial event grow with the stream, so a live source needs endpointing)")
@@ -310,8 +312,9 @@ def cli_run(argv: list[str]) -> int:
     if not args.source and not args.streams:
         args.source = [str(bundled_sample())]
     specs = specs_from_args(args)
-    task = AsrTask(checkpoint=args.checkpoint, method=args.method, beam=args.beam,
-                   endpoint=None if args.no_endpoint else DEFAULT_ENDPOINT)
+    lm = lm_from_args(args)
+    task = AsrTask(checkpoint=args.checkpoint, method="lm" if lm else args.method, beam=args.beam,
+                   endpoint=None if args.no_endpoint else DEFAULT_ENDPOINT, lm=lm)
     sinks = [] if args.quiet or args.view else [TranscriptLineSink(sys.stderr)]
     return run_from_args(task, specs, args, extra_sinks=sinks)
 

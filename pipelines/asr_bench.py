@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from memstream.pipelines.asr_eval import backend_for, error_rates, evaluate, evaluate_sequences
+from memstream.pipelines.asr_lm import add_lm_arguments, lm_from_args
 from memstream.pipelines.asr_task import DEFAULT_ENDPOINT, AsrTask, load_asr_model, transcribe
 from memstream.pipelines.core_bench import rss_mb
 from memstream.pipelines.speech_data import Utterance, load_audio, read_corpus
@@ -77,8 +78,9 @@ def full_attention_wer(model, utterances) -> dict:
     return evaluate_sequences(model, utterances, batch=1)
 
 
-def streamed_wer(model, utterances) -> dict:
-    return evaluate(backend_for(model, "torch"), AsrTask(model, endpoint=DEFAULT_ENDPOINT), utterances)
+def streamed_wer(model, utterances, lm=None) -> dict:
+    task = AsrTask(model, endpoint=DEFAULT_ENDPOINT, method="lm" if lm else "greedy", lm=lm)
+    return evaluate(backend_for(model, "torch"), task, utterances)
 
 
 def _pocketsphinx_decode(decoder, audio: np.ndarray) -> str:
@@ -167,12 +169,15 @@ def rss_over_stream(model, audio: np.ndarray, seconds: float = 3600.0, warm: flo
 
 
 def accuracy(data: str | Path, checkpoint: str | None = None, no_memory: str | None = None,
-             full_attention: str | None = None, *, limit: int | None = None, real: str | Path = REAL_DATA) -> dict:
+             full_attention: str | None = None, *, limit: int | None = None, real: str | Path = REAL_DATA,
+             lm=None) -> dict:
     """WER short vs long-form for the memory model and both baselines, and on real speech.
 
     ``short``: the ``test/`` utterances. ``long``: the ``test-longform/`` recordings. ``long_parts``: the
     utterances those recordings were made of, each decoded on its own (the same speech and speakers as
     ``long``, so ``wer_long / wer_long_parts`` isolates what running for minutes does to the model).
+    ``lm`` (a :class:`memstream.pipelines.asr_lm.LanguageModel`): the memory model is also decoded with it
+    (``wer_short_lm``, ``wer_long_lm``).
     """
     import tempfile
 
@@ -196,6 +201,10 @@ def accuracy(data: str | Path, checkpoint: str | None = None, no_memory: str | N
             out[f"wer_{split}{name}"] = result["wer"]
             if split == "long" and not name:
                 out["rtf_eval_long"] = result["rtf"]
+    if lm is not None:
+        out["lm"] = {"path": lm.path, "weight": lm.weight, "word_score": lm.word_score, "beam": lm.beam}
+        for split, utterances in (("short", short), ("long", long)):
+            out[f"wer_{split}_lm"] = streamed_wer(model, utterances, lm)["wer"]
     out["long_over_short"] = round(out["wer_long"] / max(out["wer_short"], 1e-9), 3)
     out["long_over_long_parts"] = round(out["wer_long"] / max(out["wer_long_parts"], 1e-9), 3)
     out["wer_real"] = out["real_notes"] = None
@@ -208,6 +217,8 @@ def accuracy(data: str | Path, checkpoint: str | None = None, no_memory: str | N
                     "memory_le_no_memory_long": (out["wer_long_no_memory"] is not None
                                                  and out["wer_long"] <= out["wer_long_no_memory"]),
                     "wer_long_le_0.15": out["wer_long"] <= 0.15}
+    if lm is not None:
+        out["goals"]["wer_long_lm_le_0.15"] = out["wer_long_lm"] <= 0.15
     return out
 
 
@@ -246,11 +257,13 @@ def cli_bench(argv: list[str]) -> int:
     p.add_argument("--speed-seconds", type=float, default=180.0, help="audio timed for the RTF figures")
     p.add_argument("--rss-seconds", type=float, default=3600.0, help="audio streamed for the RSS figure")
     p.add_argument("--skip", choices=("accuracy", "speed"), help="leave one half out")
+    add_lm_arguments(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out: dict = {}
     if args.skip != "accuracy":
-        out.update(accuracy(args.data, args.checkpoint, args.no_memory, args.full_attention, limit=args.limit))
+        out.update(accuracy(args.data, args.checkpoint, args.no_memory, args.full_attention, limit=args.limit,
+                            lm=lm_from_args(args)))
     if args.skip != "speed":
         goals = out.pop("goals", {})
         out.update(speed_and_memory(args.data, args.checkpoint, threads=args.threads,

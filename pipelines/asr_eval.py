@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jiwer
 import torch
+from memstream.pipelines.asr_lm import add_lm_arguments, lm_from_args
 from memstream.pipelines.asr_task import DEFAULT_ENDPOINT, AsrTask, check_onnx_matches, load_asr_model, transcribe
 from memstream.pipelines.ctc import greedy_decode
 from memstream.pipelines.speech_data import Utterance, load_audio, normalize_text, read_corpus
@@ -162,6 +163,7 @@ def cli_eval(argv: list[str]) -> int:
     p.add_argument("--onnx", help="with --backend onnx: an exported step to use instead of exporting")
     p.add_argument("--method", choices=("greedy", "beam"), default="greedy")
     p.add_argument("--beam", type=int, default=8)
+    add_lm_arguments(p)
     p.add_argument("--no-endpoint", action="store_true", help="decode each recording as one utterance")
     p.add_argument("--limit", type=int, help="only the first N utterances")
     p.add_argument("--threads", type=int, default=2)
@@ -178,10 +180,15 @@ def cli_eval(argv: list[str]) -> int:
     torch.set_num_threads(args.threads)
     utterances = read_corpus(args.data)[: args.limit]
     model, _ = load_asr_model(args.checkpoint)
-    task = AsrTask(model, method=args.method, beam=args.beam, endpoint=None if args.no_endpoint else DEFAULT_ENDPOINT)
+    lm = lm_from_args(args)
+    method = "lm" if lm else args.method
+    task = AsrTask(model, method=method, beam=args.beam, endpoint=None if args.no_endpoint else DEFAULT_ENDPOINT,
+                   lm=lm)
     backend = backend_for(model, args.backend, args.onnx, args.threads)
     result = evaluate(backend, task, utterances, progress=sys.stderr.isatty(), keep=bool(args.details))
-    result.update({"backend": args.backend, "method": args.method})
+    result.update({"backend": args.backend, "method": method})
+    if lm:
+        result["lm"] = {"path": lm.path, "weight": lm.weight, "word_score": lm.word_score, "beam": lm.beam}
     if args.details:
         with open(args.details, "w", encoding="utf-8") as f:
             for row in result.pop("utterances"):

@@ -77,7 +77,8 @@ class AsrTask:
 
     Args:
         model: an :class:`AsrModel`; default: loaded from ``checkpoint`` or the bundled ``asr-small``.
-        method: CTC decoding, ``greedy`` or ``beam`` (prefix beam search of width ``beam``).
+        method: CTC decoding, ``greedy``, ``beam`` (prefix beam search of width ``beam``) or ``lm`` (a word
+            lexicon and n-gram: ``lm``, a :class:`memstream.pipelines.asr_lm.LanguageModel`).
         endpoint: endpoint rules (trailing silence, maximum utterance length); None: only the stream's end
             finalises.
 
@@ -89,7 +90,8 @@ class AsrTask:
     frame_size = None
 
     def __init__(self, model: AsrModel | None = None, *, checkpoint: str | Path | None = None,
-                 method: str = "greedy", beam: int = 8, endpoint: EndpointConfig | None = DEFAULT_ENDPOINT) -> None:
+                 method: str = "greedy", beam: int = 8, endpoint: EndpointConfig | None = DEFAULT_ENDPOINT,
+                 lm=None) -> None:
         if model is None:
             model, _ = load_asr_model(checkpoint)
         if model.cfg.full_context:
@@ -102,12 +104,12 @@ class AsrTask:
         self.samples_per_frame = cfg.segment_samples // cfg.core.segment
         self.vocab = list(cfg.vocab)
         self.frame_seconds = cfg.frame_seconds
-        self.method, self.beam, self.endpoint = method, beam, endpoint
+        self.method, self.beam, self.endpoint, self.lm = method, beam, endpoint, lm
         self.new_ctc()  # fail now on a bad method/beam, not in the first stream's first segment
 
     def new_ctc(self, start_time: float = 0.0) -> CtcDecoder:
         return CtcDecoder(self.vocab, frame_seconds=self.frame_seconds, method=self.method, beam=self.beam,
-                          endpoint=self.endpoint, start_time=start_time)
+                          endpoint=self.endpoint, start_time=start_time, lm=self.lm)
 
     def encode(self, segments: list[Segment]) -> tuple[Tensor, Tensor]:
         x = torch.from_numpy(np.stack([s.data for s in segments]).astype(np.float32, copy=False))

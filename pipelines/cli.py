@@ -33,6 +33,7 @@ examples:
   memstream eval recall --checkpoint runs/recall-queue
   memstream data inspect clip.mp4                 # what the sources decode: rate, size, frames, drops
   memstream data synth-speech --out data/synth --hours 6 --jobs 8   # espeak-ng corpus, LibriSpeech layout
+  memstream data asr-lm --data data/synth/train --out data/lm       # lexicon + 3-gram for `--lm data/lm`
   memstream data synth-actions --out data/actions --jobs 2   # rendered action videos + ActivityNet-style JSON
   memstream run action --source match.mp4 --overlay overlay.mp4   # action events while the video plays
   memstream train action --data data/actions --out runs/action
@@ -100,6 +101,7 @@ COMMANDS: dict[str, tuple[str, dict[str, Handler]]] = {
                "core": _core("cli_bench"), "recall": _recall("cli_bench")}),
     "data": ("make or inspect data", {"inspect": _run("data_tools", "cli_inspect"),
                                       "synth-speech": _run("synth_speech", "cli_synth_speech"),
+                                      "asr-lm": _run("asr_lm", "cli_data"),
                                       "synth-actions": _run("synth_actions", "cli_synth_actions"),
                                       "synth-tracks": _run("synth_tracks", "cli_synth_tracks"),
                                       "synth-defects": _run("synth_defects", "cli_synth_defects"),

@@ -40,7 +40,7 @@ from memstream.models.asr import CHARS
 
 VOCAB: list[str] = list(CHARS)  # the ASR model's character set
 NEG_INF = float("-inf")
-METHODS = ("greedy", "beam")
+METHODS = ("greedy", "beam", "lm")
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,8 @@ class _Greedy:
     def best_chars(self) -> list[list]:
         return self.chars
 
+    final_chars = best_chars
+
 
 class _Beam:
     """CTC prefix beam search carried frame by frame.
@@ -248,6 +250,8 @@ class _Beam:
             node = node[0]
         return chars[::-1]
 
+    final_chars = best_chars
+
 
 def _valid_frames(log_probs, vocab_size: int, n_valid: int | None) -> np.ndarray:
     """Validate a chunk: (T, V) log-probs -> its first n_valid frames as float64."""
@@ -272,17 +276,19 @@ class CtcDecoder:
     Args:
         vocab: label strings, ``len(vocab) == V`` (default vocabulary: :data:`VOCAB`).
         frame_seconds: audio covered by one output frame.
-        method: ``greedy`` (vectorised argmax) or ``beam`` (prefix beam search).
+        method: ``greedy`` (vectorised argmax), ``beam`` (prefix beam search) or ``lm`` (a word lexicon and
+            n-gram, :mod:`memstream.pipelines.asr_lm`; needs ``lm``).
         beam: hypotheses kept per frame (beam search).
         prune: log-prob threshold for the characters a hypothesis is extended with (beam search).
         blank: index of the blank label.
         endpoint: endpoint rules; None or ``enabled=False``: only :meth:`flush` finalises.
         start_time: stream time of the first frame.
+        lm: the :class:`memstream.pipelines.asr_lm.LanguageModel` of ``method="lm"``.
     """
 
     def __init__(self, vocab: list[str], *, frame_seconds: float = 0.04, method: str = "greedy", beam: int = 8,
                  prune: float = -12.0, blank: int = 0, endpoint: EndpointConfig | None = EndpointConfig(),
-                 start_time: float = 0.0) -> None:
+                 start_time: float = 0.0, lm=None) -> None:
         if len(vocab) < 2:
             raise ValueError(f"CtcDecoder: vocab has {len(vocab)} entries, needs the blank and at least one label")
         if method not in METHODS:
@@ -293,10 +299,12 @@ class CtcDecoder:
             raise ValueError(f"CtcDecoder: blank={blank} out of range for a vocabulary of {len(vocab)}")
         if not frame_seconds > 0:
             raise ValueError(f"CtcDecoder: frame_seconds={frame_seconds} must be positive")
+        if (method == "lm") != (lm is not None):
+            raise ValueError("CtcDecoder: method='lm' and a language model go together")
         if math.isnan(prune):
             raise ValueError("CtcDecoder: prune=nan must be a log-probability threshold")
         self.vocab, self.frame_seconds, self.start_time = list(vocab), float(frame_seconds), float(start_time)
-        self.method, self.beam, self.prune, self.blank = method, beam, float(prune), blank
+        self.method, self.beam, self.prune, self.blank, self.lm = method, beam, float(prune), blank, lm
         use = endpoint is not None and endpoint.enabled
         separator = self.vocab.index(" ") if " " in self.vocab else None
         self._endpointer = _Endpointer(endpoint, self.frame_seconds, separator) if use else None
@@ -305,7 +313,11 @@ class CtcDecoder:
         self._utt_start = 0  # frame where the open utterance starts
         self._partial = ""
 
-    def _new_search(self) -> _Greedy | _Beam:
+    def _new_search(self):
+        if self.method == "lm":
+            from memstream.pipelines.asr_lm import LexiconSearch
+
+            return LexiconSearch(self.vocab, self.lm, self.blank)
         return _Greedy(self.blank) if self.method == "greedy" else _Beam(self.blank, self.beam, self.prune)
 
     def _time(self, frame: int) -> float:
@@ -342,7 +354,7 @@ class CtcDecoder:
         return events
 
     def _finalise(self, reason: str) -> list[dict]:
-        words = self._words()
+        words = words_with_times(self._search.final_chars(), self.vocab, self.frame_seconds, self.start_time)
         events: list[dict] = [{"type": "word", **w} for w in words]
         events.append({"type": "final", "text": " ".join(w["word"] for w in words),
                        "start": self._time(self._utt_start), "end": self._time(self._frame),
