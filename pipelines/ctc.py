@@ -1,4 +1,5 @@
-"""Streaming CTC decoding for the ASR task: greedy or prefix beam search, words with times, endpointing.
+"""Streaming CTC decoding for the ASR task: greedy, prefix beam search or a word LM (:mod:`memstream.pipelines.asr_lm`),
+words with times, endpointing.
 
 Plain Python/numpy, one :class:`CtcDecoder` per stream (not exported). The model emits per segment a
 ``(T, V)`` array of log-probabilities over ``vocab`` (default :data:`VOCAB`: index 0 the blank ``<b>``, then
