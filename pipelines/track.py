@@ -397,7 +397,11 @@ class MotResultSink:
         w, h = event.get("size") or (1000, 1000)
         rows = sorted((event["frame"], t["id"], t["box"][0] * w, t["box"][1] * h, (t["box"][2] - t["box"][0]) * w,
                        (t["box"][3] - t["box"][1]) * h, t["score"]) for t in event["tracks"])
-        self.files[stream].write(format_result_rows(rows))
+        kept = [r for r in rows if np.isfinite(r).all() and r[4] > 0 and r[5] > 0]  # what a MOT reader accepts
+        if len(kept) < len(rows):
+            log.warning("stream %s frame %s: %d track box(es) not finite or of zero size, left out of %s.txt",
+                        stream, event["frame"], len(rows) - len(kept), stream)
+        self.files[stream].write(format_result_rows(kept))
 
     def close(self) -> None:
         for f in self.files.values():

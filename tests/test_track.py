@@ -173,6 +173,9 @@ def test_result_sink_writes_frame_by_frame(tmp_path):
     sink.write(events[0])
     assert (tmp_path / "out" / "cam.txt").read_text().splitlines()[0].startswith("1,1,20.00,20.00,10.00,40.00,0.5100")
     sink.write(events[1])
+    bad = {"type": "tracks", "stream": "cam", "frame": 3, "size": [200, 100],
+           "tracks": [{"id": 1, "box": [0.1, 0.2, 0.1, 0.6], "score": 0.5}]}  # zero width: a MOT file cannot hold it
+    sink.write(bad)
     sink.close()
     sink.close()
     rows = [(e["frame"], t["id"], t["box"][0] * 200, t["box"][1] * 100, (t["box"][2] - t["box"][0]) * 200,
