@@ -191,7 +191,8 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
         maps, _ = model.raw_maps(torch.from_numpy(probe[i:i + batch]), tuple(names))
         for n in names:
             raw[n].append(maps[n])
-    spread = {n: [float(torch.cat(v).mean()), float(torch.cat(v).std().clamp(min=1e-6))] for n, v in raw.items()}
+    joined = {n: torch.cat(v) for n, v in raw.items()}
+    spread = {n: [float(m.mean()), float(m.std().clamp(min=1e-6))] for n, m in joined.items()}
     stats = [*spread["reconstruction"], *spread["features"], 0.0, 1.0]
     if model.cfg.position_dims:
         model.position_stats.copy_(torch.tensor(spread["position"]))

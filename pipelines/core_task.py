@@ -44,9 +44,10 @@ class _CoreDecoder:
     def update(self, outputs: Tensor, segment: Segment) -> list[dict]:
         n = segment.num_valid
         tokens = math.ceil(n / self.task.hop) if self.task.kind == "audio" else n
-        # numpy: a few torch ops on an (T, D) tensor cost more than the arithmetic, once per segment per stream
-        mean = outputs[:tokens].cpu().numpy().mean(axis=0, dtype=np.float64) if tokens else None
-        norm = float(np.sqrt(mean @ mean)) if tokens else 0.0
+        norm = 0.0
+        if tokens:  # numpy: a few torch ops on an (T, D) tensor cost more than the arithmetic
+            mean = outputs[:tokens].cpu().numpy().mean(axis=0, dtype=np.float64)
+            norm = float(np.sqrt(mean @ mean))
         if segment.times is not None and n:  # video: last frame's time + one frame
             end = float(segment.times[n - 1]) + 1.0 / segment.rate
         else:

@@ -75,24 +75,22 @@ class Durations:
         self.bins: np.ndarray | None = None  # counts per bin, once the values have overflowed
         self.count, self.total = 0, 0.0
 
-    @classmethod
-    def _bin(cls, seconds: np.ndarray) -> np.ndarray:
-        top = math.ceil(math.log(cls.HIGH / cls.LOW, cls.RATIO))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            index = np.floor(np.log(np.maximum(seconds, cls.LOW) / cls.LOW) / math.log(cls.RATIO))
-        return np.clip(np.nan_to_num(index, nan=0), 0, top).astype(np.int64)
+    def _index(self, seconds: float) -> int:
+        """The bin of one duration (plain Python: it runs once per segment); NaN goes to the first bin."""
+        clipped = min(max(seconds, self.LOW), self.HIGH) if seconds == seconds else self.LOW
+        return min(int(math.log(clipped / self.LOW) / math.log(self.RATIO)), len(self.bins) - 1)
 
     def _histogram(self) -> None:
         self.bins = np.zeros(math.ceil(math.log(self.HIGH / self.LOW, self.RATIO)) + 1, np.int64)
-        np.add.at(self.bins, self._bin(np.asarray(self.values, dtype=np.float64)), 1)
+        for v in self.values:
+            self.bins[self._index(v)] += 1
         self.values = []
 
     def add(self, seconds: float) -> None:
         self.count += 1
         self.total += seconds
-        if self.bins is not None:  # plain Python: this runs once per segment
-            clipped = min(max(seconds, self.LOW), self.HIGH) if seconds == seconds else self.LOW  # NaN: the first bin
-            self.bins[min(int(math.log(clipped / self.LOW) / math.log(self.RATIO)), len(self.bins) - 1)] += 1
+        if self.bins is not None:
+            self.bins[self._index(seconds)] += 1
             return
         self.values.append(seconds)
         if len(self.values) > self.EXACT:
@@ -111,7 +109,8 @@ class Durations:
         if other.bins is not None:
             self.bins += other.bins
         else:
-            np.add.at(self.bins, self._bin(np.asarray(other.values, dtype=np.float64)), 1)
+            for v in other.values:
+                self.bins[self._index(v)] += 1
 
     def percentiles_ms(self) -> dict[str, float | None]:
         """{"p50": ms, "p99": ms} (None when nothing was recorded)."""
