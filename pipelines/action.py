@@ -10,8 +10,10 @@ The loss, per frame of random crops of whole videos (one forward pass each, the 
 - end and start detectors: binary cross-entropy on the instance's last/first frame (the frames next to it
   are ignored: a boundary one frame off is not an error worth teaching against);
 - start estimate: negative log-likelihood of the candidate closest to the true start among those the frame
-  may point at (the boundary queue and the segment so far); frames of an instance that began before the crop
-  are skipped;
+  may point at (the boundary queue and the segment so far);
+- a crop is a stream: an instance already in progress at the crop's first frame starts there, as an action
+  in progress when a live stream (or a video) begins starts at its first frame in the ground truth (without
+  this the model never learns to open an action at a stream's start: such actions were nearly all missed);
 - the core's write flag (MATR): per segment, "contains action".
 
 The boundary queue is teacher-forced with the true starts during training (``start_index``).
@@ -162,14 +164,14 @@ class ActionObjective:
                 f, e = first - c0, last - c0
                 if e < 0 or f >= k:
                     continue
+                f = max(f, 0)  # in progress when the crop (a stream) begins: it starts with the stream
                 if 0 <= e < k:
                     end_w[r, max(0, e - 1):e + 2] = 0.0
                     end_t[r, e], end_w[r, e] = 1.0, 1.0
-                if f >= 0:
-                    start_w[r, max(0, f - 1):f + 2] = 0.0
-                    start_t[r, f], start_w[r, f] = 1.0, 1.0
-                    start_of[r, f:min(e, k - 1) + 1] = f
-                    teacher[r, f // t] = f % t  # the latest start in a segment wins
+                start_w[r, max(0, f - 1):f + 2] = 0.0
+                start_t[r, f], start_w[r, f] = 1.0, 1.0
+                start_of[r, f:min(e, k - 1) + 1] = f
+                teacher[r, f // t] = f % t  # the latest start in a segment wins
         end_w *= mask
         start_w *= mask
         return {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask), "labels": torch.from_numpy(labels),

@@ -107,6 +107,24 @@ def test_training_targets():
     assert torch.isfinite(loss) and metrics["samples"] == 20
 
 
+def test_collate_starts_an_action_in_progress_at_the_crop_start():
+    # A crop is a stream: an action under way at its first frame starts there (as at a live stream's start).
+    from memstream.models import build
+    from memstream.pipelines.action import ActionClip, ActionObjective
+
+    model = build("action-small", segment=4, dim=32, heads=2, layers=1, image_size=32)
+    labels = np.zeros(40, np.int64)
+    labels[5:15] = 3
+    clip = ActionClip("v", np.zeros((40, 32, 32, 3), np.uint8), labels, [(2, 5, 14)])
+    objective = ActionObjective(model, [clip], clip_segments=5, batch=1)
+    batch = objective.collate([(clip, 8 / 20)])  # the crop begins at frame 8, inside the action
+    assert batch["start"][0].nonzero().flatten().tolist() == [0]
+    assert batch["start_w"][0, :3].tolist() == [1.0, 0.0, 1.0]
+    assert batch["start_of"][0].tolist() == [0] * 7 + [-1] * 13
+    assert batch["end"][0].nonzero().flatten().tolist() == [6]
+    assert batch["teacher"][0].tolist() == [0, -1, -1, -1, -1]
+
+
 @pytest.fixture(scope="module")
 def tiny_actions(tmp_path_factory):
     from memstream.pipelines.synth_actions import generate
