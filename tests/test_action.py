@@ -62,6 +62,28 @@ def test_decoder_top_classes_rank_the_hypotheses():
     assert actions[0]["start"] == actions[1]["start"] and actions[0]["end"] == actions[1]["end"]
 
 
+def test_decoder_votes_the_class_over_the_whole_event():
+    # A long "run" whose last frames look like "jump": the vote covers the event from its estimated start, so
+    # the earlier segments (held in the decoder's probability buffer) outvote the last moments.
+    dec = OnlineActionDecoder(["run", "jump"], FPS, DecoderConfig(top_classes=1))
+    first, second = outputs(T), outputs(T)
+    first["class_probs"][:, :] = [0.1, 0.8, 0.1]    # run
+    second["class_probs"][:, :] = [0.1, 0.8, 0.1]
+    second["class_probs"][4:13] = [0.1, 0.3, 0.6]   # the last 9 frames up to the end look like jump
+    second["end_prob"][12] = 0.9
+    second["start_back"][12] = T + 12.0             # the start: frame 0 of the first segment
+    assert not [e for e in dec.update(first, np.arange(T) / FPS, T, emitted=2.0) if e["type"] == "action"]
+    actions = [e for e in dec.update(second, (np.arange(T) + T) / FPS, T, emitted=4.0) if e["type"] == "action"]
+    assert [e["label"] for e in actions] == ["run"] and actions[0]["start"] == pytest.approx(0.0)
+    mean_run = (T * 0.8 + 4 * 0.8 + 9 * 0.3) / (T + 13)
+    assert actions[0]["score"] == pytest.approx(0.9 * mean_run, rel=1e-4)
+    # With a vote of the last 8 frames only, the same outputs would say "jump".
+    short = OnlineActionDecoder(["run", "jump"], FPS, DecoderConfig(top_classes=1, class_frames=8))
+    short.update(first, np.arange(T) / FPS, T, emitted=2.0)
+    assert [e["label"] for e in short.update(second, (np.arange(T) + T) / FPS, T, emitted=4.0)
+            if e["type"] == "action"] == ["jump"]
+
+
 def test_decoder_ignores_padding_and_low_scores():
     dec = OnlineActionDecoder(["run"], FPS, DecoderConfig(end_threshold=0.7))
     out = outputs(T, classes=1)
