@@ -26,8 +26,8 @@ When the stream ends during an action, ``flush`` emits it with the stream's end 
 from __future__ import annotations
 
 from collections import deque
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
