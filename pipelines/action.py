@@ -371,7 +371,7 @@ def bundled_sample() -> Path:
 
 
 def cli_run(argv: list[str]) -> int:
-    from memstream.pipelines.action_decoder import DecoderConfig
+    from memstream.pipelines.action_decoder import add_decoder_arguments, decoder_from_args
     from memstream.pipelines.launch import add_run_arguments, run_from_args, specs_from_args
 
     p = argparse.ArgumentParser(prog="memstream run action", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -380,17 +380,13 @@ def cli_run(argv: list[str]) -> int:
                                     "time) as JSON Lines while the video plays; --overlay draws them."))
     add_run_arguments(p)
     p.add_argument("--checkpoint", help="checkpoint folder (default: the bundled action-small)")
-    p.add_argument("--end-threshold", type=float, default=0.3, help="end-detector probability that emits an event")
-    p.add_argument("--nms-iou", type=float, default=0.5, help="online NMS: drop an event overlapping an emitted one")
-    p.add_argument("--top-classes", type=int, default=2,
-                   help="events per detected action, one per most probable class (rank 1, 2, ...)")
+    add_decoder_arguments(p)
     args = p.parse_args(argv)
     if not args.source and not args.streams:
         args.source = [str(bundled_sample())]
     specs = specs_from_args(args)
     task = ActionTask(checkpoint=args.checkpoint,
-                      decoder=DecoderConfig(end_threshold=args.end_threshold, nms_iou=args.nms_iou,
-                                            top_classes=args.top_classes))
+                      decoder=decoder_from_args(args))
     sinks = [] if args.view else [ActionLineSink(sys.stderr)]
     return run_from_args(task, specs, args, extra_sinks=sinks)
 

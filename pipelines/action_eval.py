@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from memstream.pipelines.action_decoder import DecoderConfig
+from memstream.pipelines.action_decoder import DecoderConfig, add_decoder_arguments, decoder_from_args
 from memstream.pipelines.action_task import check_onnx_matches, load_action_model, localize
 
 log = logging.getLogger(__name__)
@@ -172,9 +172,7 @@ def cli_eval(argv: list[str]) -> int:
     p.add_argument("--limit", type=int, help="evaluate the first N videos only")
     p.add_argument("--long-threshold", type=float, help="seconds from which an instance is long (default: the "
                                                         "annotations' long_threshold, if any)")
-    p.add_argument("--end-threshold", type=float, default=0.3, help="end-detector probability that emits an event")
-    p.add_argument("--nms-iou", type=float, default=0.5, help="online NMS: drop an event overlapping an emitted one")
-    p.add_argument("--top-classes", type=int, default=2, help="events per detected action (one per likely class)")
+    add_decoder_arguments(p)
     p.add_argument("--results", help="write the events as ActivityNet results JSON to this file")
     p.add_argument("--plot", help="write a PNG: AP per class and the latency histogram")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -192,7 +190,7 @@ def cli_eval(argv: list[str]) -> int:
         except (json.JSONDecodeError, AttributeError):
             threshold = None
     backend = backend_for(model, args.backend, args.onnx, args.threads)
-    decoder = DecoderConfig(end_threshold=args.end_threshold, nms_iou=args.nms_iou, top_classes=args.top_classes)
+    decoder = decoder_from_args(args)
     result = evaluate_clips(model, clips, backend=backend, decoder=decoder, long_threshold=threshold,
                             progress=not args.json and sys.stderr.isatty())
     result["backend"] = args.backend

@@ -84,6 +84,33 @@ def test_decoder_votes_the_class_over_the_whole_event():
             if e["type"] == "action"] == ["jump"]
 
 
+def test_decoder_trims_the_start_past_a_background_gap():
+    # The start recalled from memory reaches back over an earlier action and a 2 s gap: the event starts after
+    # the gap (the model's own background frames); a gap shorter than gap_s, or trailing background, does not cut.
+    dec = OnlineActionDecoder(["run", "jump"], FPS, DecoderConfig(top_classes=1))
+    first, second = outputs(T), outputs(T)
+    first["class_probs"][:] = [0.1, 0.1, 0.8]        # frames 0-15: jump
+    second["class_probs"][:] = [0.1, 0.8, 0.1]       # frames 16-31: run ...
+    second["class_probs"][4:6] = [0.9, 0.05, 0.05]   # ... with a short 2-frame dip at 20-21
+    first["class_probs"][8:16] = [0.9, 0.05, 0.05]   # 8-15: a 1 s background gap
+    second["class_probs"][14:16] = [0.9, 0.05, 0.05]  # trailing background before the end fires
+    second["end_prob"][15] = 0.9
+    second["start_back"][15] = 31.0                  # the estimate: frame 0
+    dec.update(first, np.arange(T) / FPS, T, emitted=2.0)
+    actions = [e for e in dec.update(second, (np.arange(T) + T) / FPS, T, emitted=4.0) if e["type"] == "action"]
+    assert len(actions) == 1 and actions[0]["label"] == "run"
+    assert actions[0]["start"] == pytest.approx(16 / FPS) and actions[0]["end"] == pytest.approx(32 / FPS)
+    # gap_s=0 keeps the model's estimate as it is.
+    plain = OnlineActionDecoder(["run", "jump"], FPS, DecoderConfig(top_classes=1, gap_s=0.0))
+    plain.update(first, np.arange(T) / FPS, T, emitted=2.0)
+    kept = [e for e in plain.update(second, (np.arange(T) + T) / FPS, T, emitted=4.0) if e["type"] == "action"]
+    assert kept[0]["start"] == pytest.approx(0.0)
+    # All background: nothing to trim to (the estimate stands).
+    assert OnlineActionDecoder(["run"], FPS)._action_begins(np.ones(20, bool)) == 0
+    with pytest.raises(ValueError, match="gap_s"):
+        DecoderConfig(gap_s=-1.0)
+
+
 def test_decoder_ignores_padding_and_low_scores():
     dec = OnlineActionDecoder(["run"], FPS, DecoderConfig(end_threshold=0.7))
     out = outputs(T, classes=1)
