@@ -111,6 +111,29 @@ def test_decoder_trims_the_start_past_a_background_gap():
         DecoderConfig(gap_s=-1.0)
 
 
+def test_decoder_ends_an_action_at_a_gap_the_end_detector_missed():
+    dec = OnlineActionDecoder(["run", "jump"], FPS, DecoderConfig(top_classes=1))
+    first, second = outputs(T), outputs(T)
+    first["class_probs"][:] = [0.1, 0.8, 0.1]     # frames 0-15: run, the end detector silent throughout
+    second["class_probs"][:4] = [0.1, 0.8, 0.1]   # 16-19: run; 20-31: background
+    second["start_back"][3] = 19.0                # the estimate at the last action frame: frame 0
+    assert not [e for e in dec.update(first, np.arange(T) / FPS, T, emitted=2.0) if e["type"] == "action"]
+    actions = [e for e in dec.update(second, (np.arange(T) + T) / FPS, T, emitted=4.0) if e["type"] == "action"]
+    assert len(actions) == 1 and actions[0]["ended_by"] == "gap" and actions[0]["label"] == "run"
+    assert actions[0]["start"] == pytest.approx(0.0) and actions[0]["end"] == pytest.approx(20 / FPS)
+    assert actions[0]["score"] == pytest.approx(0.5 * 0.8, rel=1e-4) and actions[0]["emitted"] == 4.0
+    # When the end detector marked the end, the gap adds nothing; gap_end_score=0 turns gap ends off.
+    for config, fire in ((DecoderConfig(top_classes=1), True), (DecoderConfig(top_classes=1, gap_end_score=0.0),
+                                                                False)):
+        dec = OnlineActionDecoder(["run", "jump"], FPS, config)
+        marked = {k: v.copy() for k, v in second.items()}
+        if fire:
+            marked["end_prob"][3] = 0.9
+        dec.update(first, np.arange(T) / FPS, T, emitted=2.0)
+        got = [e for e in dec.update(marked, (np.arange(T) + T) / FPS, T, emitted=4.0) if e["type"] == "action"]
+        assert [e["ended_by"] for e in got] == (["detector"] if fire else [])
+
+
 def test_decoder_ignores_padding_and_low_scores():
     dec = OnlineActionDecoder(["run"], FPS, DecoderConfig(end_threshold=0.7))
     out = outputs(T, classes=1)
