@@ -122,6 +122,7 @@ class OnlineActionDecoder:
         self.since_end = 1 << 30  # frames since the end detector last fired
         self.background_run = 0   # background frames in a row, up to now
         self.last_action: tuple[float, float, float] | None = None  # the last action frame: time, start_back, conf
+        self.gap_frames = round(self.config.gap_s * self.fps)  # a gap, in frames (0: no gap rules)
 
     def update(self, outputs: dict[str, np.ndarray], times: np.ndarray, n_valid: int, emitted: float) -> list[dict]:
         """outputs: per-frame arrays of one segment (``class_probs`` (T, 1 + C), ``end_prob``, ``start_back``,
@@ -130,7 +131,7 @@ class OnlineActionDecoder:
         cfg = self.config
         probs, end = outputs["class_probs"], outputs["end_prob"]
         events: list[dict] = []
-        gap = round(cfg.gap_s * self.fps)
+        gap = self.gap_frames
         for i in range(n_valid):
             self.recent.append(probs[i])
             p, before = float(end[i]), self.previous_end
@@ -200,7 +201,7 @@ class OnlineActionDecoder:
         """background: (span,) the model's per-frame "background" over the estimated span -> the offset in it
         where the action ending at its last frame begins: after the last background run of ``gap_s`` or more
         (background frames at the very end, before the end detector fired, do not count); 0 when there is none."""
-        gap = round(self.config.gap_s * self.fps)
+        gap = self.gap_frames
         if gap < 1:
             return 0
         i = len(background) - 1

@@ -158,15 +158,20 @@ def test_segmenter_resamples_frames_to_the_model_rate():
     assert np.abs(np.diff(kept) - 1 / 8).max() < 1 / 30 + 1e-9  # within one source frame of the 8 fps grid
 
 
-def test_training_targets():
+def one_action_objective(frames: int):
+    """A tiny model and a ``frames``-long clip holding one action (class 3 at frames 5-14), crops of 20 frames."""
     from memstream.models import build
     from memstream.pipelines.action import ActionClip, ActionObjective
 
     model = build("action-small", segment=4, dim=32, heads=2, layers=1, image_size=32)
-    labels = np.zeros(20, np.int64)
+    labels = np.zeros(frames, np.int64)
     labels[5:15] = 3
-    clip = ActionClip("v", np.zeros((20, 32, 32, 3), np.uint8), labels, [(2, 5, 14)])
-    objective = ActionObjective(model, [clip], clip_segments=5, batch=1)
+    clip = ActionClip("v", np.zeros((frames, 32, 32, 3), np.uint8), labels, [(2, 5, 14)])
+    return model, clip, ActionObjective(model, [clip], clip_segments=5, batch=1)
+
+
+def test_training_targets():
+    model, clip, objective = one_action_objective(20)
     batch = objective.collate([(clip, 0.0)])
     assert batch["end"][0].nonzero().flatten().tolist() == [14]
     assert batch["end_w"][0, 13] == 0 and batch["end_w"][0, 15] == 0 and batch["end_w"][0, 14] == 1
@@ -181,14 +186,7 @@ def test_training_targets():
 
 def test_collate_starts_an_action_in_progress_at_the_crop_start():
     # A crop is a stream: an action under way at its first frame starts there (as at a live stream's start).
-    from memstream.models import build
-    from memstream.pipelines.action import ActionClip, ActionObjective
-
-    model = build("action-small", segment=4, dim=32, heads=2, layers=1, image_size=32)
-    labels = np.zeros(40, np.int64)
-    labels[5:15] = 3
-    clip = ActionClip("v", np.zeros((40, 32, 32, 3), np.uint8), labels, [(2, 5, 14)])
-    objective = ActionObjective(model, [clip], clip_segments=5, batch=1)
+    _, clip, objective = one_action_objective(40)
     batch = objective.collate([(clip, 8 / 20)])  # the crop begins at frame 8, inside the action
     assert batch["start"][0].nonzero().flatten().tolist() == [0]
     assert batch["start_w"][0, :3].tolist() == [1.0, 0.0, 1.0]
