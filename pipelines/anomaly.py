@@ -28,6 +28,7 @@ from memstream.models.anomaly import MAPS, POSITION_SHRINK, SCORES, AnomalyModel
 from torch import Tensor
 
 log = logging.getLogger(__name__)
+MAX_BANK_CANDIDATES = 262_144  # normal patch features the coreset picks the bank from (a random subset beyond)
 
 
 def load_images(paths: list[Path], size: int) -> np.ndarray:
@@ -174,16 +175,23 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
     order = rng.permutation(len(images))
     n_out = max(1, int(round(len(images) * holdout))) if len(images) > 2 else 0
     held, bank_images = images[order[:n_out]], images[order[n_out:]]
-    per_image = torch.cat([model.features(torch.from_numpy(bank_images[i:i + batch]))
-                           for i in range(0, len(bank_images), batch)])  # (n, N, D)
-    feats = per_image.flatten(0, 1)
-    bank = coreset(feats, model.cfg.bank_size, seed)
+    feats = torch.cat([model.bank_features(torch.from_numpy(bank_images[i:i + batch])).flatten(0, 1)
+                       for i in range(0, len(bank_images), batch)])  # (n * M, D)
+    candidates = int(feats.shape[0])
+    if model.cfg.bank_pick == "random":
+        bank = feats[torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))[:model.cfg.bank_size]]
+    else:
+        if candidates > MAX_BANK_CANDIDATES:  # bounds the coreset's time (linear in the candidates) on large sets
+            feats = feats[torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))[
+                :MAX_BANK_CANDIDATES]]
+        bank = coreset(feats, model.cfg.bank_size, seed)
     model.bank.zero_()
     model.bank[: len(bank)] = bank
     model.bank_valid.zero_()
     model.bank_valid[: len(bank)] = True
     if model.cfg.position_dims:
-        fit_positions(model, per_image)
+        fit_positions(model, torch.cat([model.features(torch.from_numpy(bank_images[i:i + batch]))
+                                        for i in range(0, len(bank_images), batch)]))  # (n, N, D)
     probe = held if len(held) else bank_images
     names = [n for n in MAPS if n != "position" or model.cfg.position_dims]
     raw: dict[str, list[Tensor]] = {n: [] for n in names}
@@ -206,7 +214,7 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
         e = torch.cat(errs)
         stats[4:] = [float(e.mean()), float(e.std().clamp(min=1e-6))]
     model.stats.copy_(torch.tensor(stats))
-    out = {"bank": int(len(bank)), "bank_from_patches": int(feats.shape[0]), "holdout_images": int(len(held)),
+    out = {"bank": int(len(bank)), "bank_from_patches": candidates, "holdout_images": int(len(held)),
            "stats": [round(v, 6) for v in stats]}
     if model.cfg.position_dims:
         out["position_stats"] = [round(v, 6) for v in spread["position"]]
@@ -322,6 +330,10 @@ def cli_train(argv: list[str]) -> int:
                    help="which score the model gives (default: the preset's, features: best on textures and "
                         "turning objects; position: best on aligned objects, a part always in the same place; "
                         "fused was best on video, at a sixth of the speed)")
+    p.add_argument("--features-from", choices=("pixels", "encoder"),
+                   help="patch features of the bank and the position Gaussians (default: the preset's, pixels: "
+                        "lighting-normalised pixel patches; encoder: the masked autoencoder's patch embeddings)")
+    p.add_argument("--bank-size", type=int, help="entries of the bank of normal patch features")
     p.add_argument("--temporal-memory", choices=("queue", "none"), help="core memory of the temporal part")
     p.add_argument("--frame-stride", type=int, default=4, help="--video: every k-th frame for the autoencoder")
     p.add_argument("--threads", type=int, default=0)
@@ -331,7 +343,7 @@ def cli_train(argv: list[str]) -> int:
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     overrides: dict = {}
-    for name in ("image_size", "memory_slots", "addressing", "score"):
+    for name in ("image_size", "memory_slots", "addressing", "score", "features_from", "bank_size"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.temporal_memory:

@@ -20,7 +20,7 @@ TEMPORAL = {"temporal_dim": 32, "temporal_heads": 2, "temporal_layers": 1, "temp
 
 def tiny(temporal: bool = False, **overrides):
     torch.manual_seed(0)
-    return build("anomaly-small", **TINY, **(TEMPORAL if temporal else {"no_temporal": True}), **overrides).eval()
+    return build("anomaly-small", **{**TINY, **(TEMPORAL if temporal else {"no_temporal": True}), **overrides}).eval()
 
 
 def frames(n: int, seed: int = 0) -> torch.Tensor:
@@ -97,6 +97,48 @@ def test_maps_bank_and_fit():
         model.step(torch.zeros(1, 1, 32, 32, 3), model.init_state(1))
 
 
+def test_pixel_features_ignore_lighting_and_hold_every_offset():
+    """The default patch features: a change of gain leaves them as they were; the bank holds the normal
+    patches at every offset, so a shifted view of a normal texture lies on it; the map's border repeats the
+    nearest cell (no feature is taken from outside the image)."""
+    from memstream.pipelines.anomaly import fit_normality
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(40, 150, (1, 34, 34, 3)).astype(np.uint8)
+    model = tiny()
+    assert model.cfg.features_from == "pixels" and model.cfg.feature_grid == 7 and model.cfg.feature_margin == 2
+    brighter = np.clip(np.round(texture.astype(np.float64) * 1.6), 0, 255).astype(np.uint8)
+    with torch.no_grad():
+        a, b = (model.features(torch.from_numpy(x[:, :32, :32])) for x in (texture, brighter))
+    assert a.shape == (1, 49, 48) and torch.allclose(a, b, atol=0.02)  # uint8 rounding only
+
+    model = tiny(light_sigma=0.0, bank_size=4096, position_dims=0)  # a shift leaves unnormalised patches alone
+    fit_normality(model, np.repeat(texture[:, :32, :32], 3, axis=0), holdout=0.5)  # one image in the bank
+    assert int(model.bank_valid.sum()) == 13 * 13  # 4x4 patches at every offset of the 16x16 pooled image
+    with torch.no_grad():
+        shifted = model.features(torch.from_numpy(texture[:, 2:, 2:]))[0].view(7, 7, -1)  # 1 pooled pixel
+        dist = torch.cdist(shifted[:6, :6].reshape(36, -1), model.bank[model.bank_valid]).amin(1)
+        assert float(dist.max()) < 0.01  # every cell of the overlap is on the bank (cdist rounding: 1e-3)
+        on_grid = model.features(torch.from_numpy(texture[:, :32, :32]))[0]  # what a bank of grid cells holds
+        assert float(torch.cdist(shifted[:6, :6].reshape(36, -1), on_grid).amin(1).max()) > 0.1
+        raw = model.feature_map(shifted.view(1, 49, -1))
+    assert torch.equal(raw[:, :2], raw[:, 2:3].expand(-1, 2, -1)) and torch.equal(raw[:, :, -2:],
+                                                                                    raw[:, :, -3:-2].expand(-1, -1, 2))
+
+
+def test_feature_config_errors_and_old_checkpoints():
+    from memstream.models.anomaly import AnomalyConfig
+
+    for bad, match in (({"pixel_patch": 3}, "pixel_patch"), ({"light_sigma": 0.5}, "light_sigma"),
+                       ({"features_from": "vgg"}, "features_from"), ({"bank_pick": "kmeans"}, "bank_pick"),
+                       ({"pixel_pool": 3}, "pixel_pool"), ({"position_dims": 64}, "position_dims")):
+        with pytest.raises(ValueError, match=match):
+            tiny(**bad)
+    old = {k: v for k, v in tiny().cfg.to_dict().items() if k not in ("features_from", "bank_pick")}
+    cfg = AnomalyConfig.from_dict(old)  # saved before the pixel features: it keeps the encoder's and the coreset
+    assert cfg.features_from == "encoder" and cfg.bank_pick == "coreset" and cfg.feature_grid == cfg.grid
+
+
 def _aligned(n: int, seed: int) -> np.ndarray:
     """(n, 32, 32, 3) uint8 images of one aligned part: a dark left half, a bright right half, sensor noise."""
     rng = np.random.default_rng(seed)
@@ -136,14 +178,15 @@ def test_memae_addressing_runs():
     assert torch.isfinite(amap).all()
 
 
-@pytest.mark.parametrize(("temporal", "score"), [(False, "features"), (True, "features"), (False, "position")])
-def test_onnx_runtime_equals_pytorch(tmp_path, temporal, score):
+@pytest.mark.parametrize(("temporal", "score", "source"), [(False, "features", "pixels"), (True, "features", "pixels"),
+                                                       (False, "position", "pixels"), (False, "features", "encoder")])
+def test_onnx_runtime_equals_pytorch(tmp_path, temporal, score, source):
     pytest.importorskip("onnxruntime")
     from memstream.export import OnnxBackend, TorchBackend
     from memstream.pipelines.anomaly import fit_normality
     from memstream.pipelines.anomaly_task import export_anomaly, score_video
 
-    model = tiny(temporal=temporal, score=score)
+    model = tiny(temporal=temporal, score=score, features_from=source)
     fit_normality(model, frames(8).numpy())
     export_anomaly(model, tmp_path / "a.onnx")
     video = frames(3 * model.cfg.segment + 1, 5).numpy()  # a padded last segment
