@@ -21,7 +21,8 @@ Trained on normal images (or footage) only. An image is cut into ``patch`` x ``p
   need not match a training image's grid. ``encoder`` takes the encoder's (level ``feature_level``: 0 the
   patch embeddings, k the output of block k) on the token grid, the bank a greedy coreset (``bank_pick``).
   Without pretrained weights, 50 normal images do not train features that beat the pixels: synthetic mean
-  image AUROC 0.894 against 0.706 (``memstream bench anomaly``, 2026-11-22); ``fused``: their
+  image AUROC 0.895 against 0.706 (``memstream bench anomaly``, 2026-11-22), at a thirtieth of the speed
+  (10.6 against 318 images/s at 128x128 on 2 cores: the search is exhaustive); ``fused``: their
   sum; ``position``: the Mahalanobis distance of each patch's feature to a Gaussian of the normal features *at
   that patch's position* (PaDiM; features on their ``position_dims`` principal components, covariance
   shrunk towards its mean variance). For aligned objects (a part always in the same place) this sees what
@@ -104,6 +105,7 @@ class AnomalyConfig:
     light_sigma: float = 0.125
     bank_size: int = 65536
     bank_pick: str = "random"
+    bank_dims: int = 24
     score: str = "features"
     blur_sigma: float = 2.0
     position_dims: int = 16
@@ -144,6 +146,8 @@ class AnomalyConfig:
         need(self.score in SCORES, f"score={self.score!r} must be one of {', '.join(SCORES)}")
         need(self.bank_size >= 1 and self.memory_slots >= 0, "bank_size must be >= 1, memory_slots >= 0")
         need(self.bank_pick in ("random", "coreset"), f"bank_pick={self.bank_pick!r} must be 'random' or 'coreset'")
+        need(0 <= self.bank_dims <= self.feature_dim, f"bank_dims={self.bank_dims} must be in 0..{self.feature_dim} "
+             "(the patch features' size; 0: the bank holds them whole)")
         need(0 <= self.position_dims <= self.feature_dim,
              f"position_dims={self.position_dims} must be in 0..{self.feature_dim} (the patch features' size)")
         need(self.score != "position" or self.position_dims > 0, "score='position' needs position_dims > 0 (a "
@@ -209,7 +213,8 @@ class AnomalyConfig:
         check_known_fields(cls, d)
         temporal = CoreConfig.from_dict(d["temporal"]) if d.get("temporal") else None
         # Checkpoints saved before the position statistics (or the pixel features) existed have no such buffers.
-        return cls(**{"position_dims": 0, "features_from": "encoder", "bank_pick": "coreset", **d,
+        return cls(**{"position_dims": 0, "features_from": "encoder", "bank_pick": "coreset", "bank_dims": 0,
+                      **d,
                       "temporal": temporal})
 
 
@@ -321,7 +326,10 @@ class AnomalyModel(nn.Module):
             self.register_buffer("light_blur", _gaussian_kernel(sigma) if cfg.light_sigma else
                                  torch.ones(1, 1, 1), persistent=False)
         # fitted on normal training data (memstream.pipelines.anomaly.fit_normality): saved with the weights
-        self.register_buffer("bank", torch.zeros(cfg.bank_size, fd))
+        if cfg.bank_dims:  # the bank's space: the normal features' principal components
+            self.register_buffer("bank_center", torch.zeros(fd))
+            self.register_buffer("bank_proj", torch.eye(fd)[:, :cfg.bank_dims].clone())
+        self.register_buffer("bank", torch.zeros(cfg.bank_size, cfg.bank_dims or fd))
         self.register_buffer("bank_valid", torch.zeros(cfg.bank_size, dtype=torch.bool))
         self.register_buffer("stats", torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))  # rec, feature, temporal mu/sd
         if cfg.position_dims:  # the per-position Gaussians (score "position")
@@ -475,16 +483,23 @@ class AnomalyModel(nn.Module):
             error = error.index_copy(1, hidden, e)
         return error.view(f, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(f, g * p, g * p)
 
+    def bank_space(self, feats: Tensor) -> Tensor:
+        """Patch features (..., D') -> the bank's space (..., ``bank_dims``): their principal components on normal
+        data. On pixel patches, 24 of 48 give the same image AUROC at half the search (the rest is mostly
+        sensor noise)."""
+        return (feats - self.bank_center) @ self.bank_proj if self.cfg.bank_dims else feats
+
     def feature_map(self, feats: Tensor) -> Tensor:
-        """Patch features (F, N, D) -> nearest-neighbour distance to the normal bank, upsampled (F, H, W)."""
+        """Patch features (F, N, D') -> nearest-neighbour distance to the normal bank, upsampled (F, H, W)."""
+        feats = self.bank_space(feats)
         q2 = feats.pow(2).sum(-1)  # (F, N)
         best = None
         for lo in range(0, self.cfg.bank_size, BANK_CHUNK):  # (F, N, chunk) at a time: a 65k bank is 268 MB a frame
             bank, valid = self.bank[lo:lo + BANK_CHUNK], self.bank_valid[lo:lo + BANK_CHUNK]
             b2 = torch.where(valid, bank.pow(2).sum(-1), torch.full_like(valid, float("inf"), dtype=bank.dtype))
-            d2 = (b2 - 2.0 * feats @ bank.t()).amin(-1)  # (F, N): squared distance less |q|^2
+            d2 = torch.addmm(b2, feats.flatten(0, 1), bank.t(), alpha=-2.0).amin(-1)  # squared distance - |q|^2
             best = d2 if best is None else torch.minimum(best, d2)
-        dist = (best + q2).clamp(min=0.0).sqrt()
+        dist = (best.view_as(q2) + q2).clamp(min=0.0).sqrt()
         dist = torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist))  # an empty bank scores 0
         return self._upsample(dist, self.cfg.feature_margin)
 

@@ -28,6 +28,7 @@ from memstream.models.anomaly import MAPS, POSITION_SHRINK, SCORES, AnomalyModel
 from torch import Tensor
 
 log = logging.getLogger(__name__)
+PCA_SAMPLE = 20_000  # patch features the bank's principal components are fitted on
 MAX_BANK_CANDIDATES = 262_144  # normal patch features the coreset picks the bank from (a random subset beyond)
 
 
@@ -178,6 +179,16 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
     feats = torch.cat([model.bank_features(torch.from_numpy(bank_images[i:i + batch])).flatten(0, 1)
                        for i in range(0, len(bank_images), batch)])  # (n * M, D)
     candidates = int(feats.shape[0])
+    if model.cfg.bank_dims:
+        if candidates < model.cfg.bank_dims:
+            raise ValueError(f"fit_normality: {candidates} normal patch features, fewer than bank_dims="
+                             f"{model.cfg.bank_dims}: give more normal images or a smaller bank_dims")
+        sample = feats[torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))[:PCA_SAMPLE]]
+        center = sample.mean(0)
+        _, _, v = torch.linalg.svd(sample - center, full_matrices=False)
+        model.bank_center.copy_(center)
+        model.bank_proj.copy_(v[: model.cfg.bank_dims].T)
+        feats = model.bank_space(feats)
     if model.cfg.bank_pick == "random":
         bank = feats[torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))[:model.cfg.bank_size]]
     else:
@@ -334,6 +345,7 @@ def cli_train(argv: list[str]) -> int:
                    help="patch features of the bank and the position Gaussians (default: the preset's, pixels: "
                         "lighting-normalised pixel patches; encoder: the masked autoencoder's patch embeddings)")
     p.add_argument("--bank-size", type=int, help="entries of the bank of normal patch features")
+    p.add_argument("--bank-dims", type=int, help="principal components the bank keeps of each patch feature (0: all)")
     p.add_argument("--temporal-memory", choices=("queue", "none"), help="core memory of the temporal part")
     p.add_argument("--frame-stride", type=int, default=4, help="--video: every k-th frame for the autoencoder")
     p.add_argument("--threads", type=int, default=0)
@@ -343,7 +355,7 @@ def cli_train(argv: list[str]) -> int:
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     overrides: dict = {}
-    for name in ("image_size", "memory_slots", "addressing", "score", "features_from", "bank_size"):
+    for name in ("image_size", "memory_slots", "addressing", "score", "features_from", "bank_size", "bank_dims"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.temporal_memory:

@@ -81,10 +81,12 @@ def test_maps_bank_and_fit():
     normal = frames(12).numpy()
     summary = fit_normality(model, normal, holdout=0.25)
     assert summary["bank"] == 64 and int(model.bank_valid.sum()) == 64 and summary["holdout_images"] == 3
+    proj = model.bank_proj  # the bank's space: principal components of the normal patch features
+    assert model.bank.shape == (64, 24) and torch.allclose(proj.t() @ proj, torch.eye(24), atol=1e-4)
     with torch.no_grad():
         amap, score, _ = model.spatial(torch.from_numpy(normal[:2]))
         # a bank member's patch features are at distance 0 from the bank
-        feats = model.features(torch.from_numpy(normal[3:4]))[0]
+        feats = model.bank_space(model.features(torch.from_numpy(normal[3:4]))[0])
         assert float(torch.cdist(feats[:1], model.bank[model.bank_valid]).min()) < float(
             torch.cdist(feats, model.bank[model.bank_valid]).min(1).values.max()) + 1e-6
     assert amap.shape == (2, 32, 32) and torch.allclose(score, amap.flatten(1).amax(1))
@@ -117,10 +119,11 @@ def test_pixel_features_ignore_lighting_and_hold_every_offset():
     assert int(model.bank_valid.sum()) == 13 * 13  # 4x4 patches at every offset of the 16x16 pooled image
     with torch.no_grad():
         shifted = model.features(torch.from_numpy(texture[:, 2:, 2:]))[0].view(7, 7, -1)  # 1 pooled pixel
-        dist = torch.cdist(shifted[:6, :6].reshape(36, -1), model.bank[model.bank_valid]).amin(1)
+        overlap = model.bank_space(shifted[:6, :6].reshape(36, -1))
+        dist = torch.cdist(overlap, model.bank[model.bank_valid]).amin(1)
         assert float(dist.max()) < 0.01  # every cell of the overlap is on the bank (cdist rounding: 1e-3)
-        on_grid = model.features(torch.from_numpy(texture[:, :32, :32]))[0]  # what a bank of grid cells holds
-        assert float(torch.cdist(shifted[:6, :6].reshape(36, -1), on_grid).amin(1).max()) > 0.1
+        on_grid = model.bank_space(model.features(torch.from_numpy(texture[:, :32, :32]))[0])  # a grid-cell bank
+        assert float(torch.cdist(overlap, on_grid).amin(1).max()) > 0.1
         raw = model.feature_map(shifted.view(1, 49, -1))
     assert torch.equal(raw[:, :2], raw[:, 2:3].expand(-1, 2, -1)) and torch.equal(raw[:, :, -2:],
                                                                                     raw[:, :, -3:-2].expand(-1, -1, 2))
