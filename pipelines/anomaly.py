@@ -7,9 +7,10 @@
    the normal training videos (:func:`fit_temporal_code`), every frame is coded once (the spatial part is
    frozen), and the core learns, on clips of codes, to predict each frame's change from the frames before it
    (Gaussian negative log-likelihood).
-3. **Normality fit** (:func:`fit_normality`): the memory bank of normal patch features (a greedy coreset,
-   PatchCore) from most training images, and the statistics that standardise the scores from the others
-   (held out, so the bank's self-matches do not make normal look too normal).
+3. **Normality fit** (:func:`fit_normality`): the memory bank of normal patch features (PatchCore: pixel
+   patches at every offset on their principal components, a random ``bank_size`` of them; or a greedy
+   coreset of the encoder's) from most training images, and the statistics that standardise the scores from
+   the others (held out, so the bank's self-matches do not make normal look too normal).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from memstream.models.anomaly import MAPS, POSITION_SHRINK, SCORES, AnomalyModel
 from torch import Tensor
 
 log = logging.getLogger(__name__)
+MAX_PATCHES = 1 << 20  # normal patch features held at once while fitting the bank (a random subset per image)
 PCA_SAMPLE = 20_000  # patch features the bank's principal components are fitted on
 MAX_BANK_CANDIDATES = 262_144  # normal patch features the coreset picks the bank from (a random subset beyond)
 
@@ -176,8 +178,15 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
     order = rng.permutation(len(images))
     n_out = max(1, int(round(len(images) * holdout))) if len(images) > 2 else 0
     held, bank_images = images[order[:n_out]], images[order[n_out:]]
-    feats = torch.cat([model.bank_features(torch.from_numpy(bank_images[i:i + batch])).flatten(0, 1)
-                       for i in range(0, len(bank_images), batch)])  # (n * M, D)
+    per_image = max(1, MAX_PATCHES // max(1, len(bank_images)))  # bounds the memory of long videos' frames
+    pick = torch.Generator().manual_seed(seed)
+    chunks = []
+    for i in range(0, len(bank_images), batch):
+        f = model.bank_features(torch.from_numpy(bank_images[i:i + batch]))  # (b, M, D)
+        if f.shape[1] > per_image:
+            f = f[:, torch.randperm(f.shape[1], generator=pick)[:per_image]]
+        chunks.append(f.flatten(0, 1))
+    feats = torch.cat(chunks)  # (n * M, D)
     candidates = int(feats.shape[0])
     if model.cfg.bank_dims:
         if candidates < model.cfg.bank_dims:

@@ -129,6 +129,14 @@ def test_pixel_features_ignore_lighting_and_hold_every_offset():
                                                                                     raw[:, :, -3:-2].expand(-1, -1, 2))
 
 
+def test_bank_candidates_are_bounded(monkeypatch):
+    import memstream.pipelines.anomaly as anomaly
+
+    monkeypatch.setattr(anomaly, "MAX_PATCHES", 90)  # 9 bank images of 13 x 13 patches: 10 kept of each
+    summary = anomaly.fit_normality(tiny(), frames(12).numpy(), holdout=0.25)
+    assert summary["bank_from_patches"] == 90 and summary["bank"] == 64
+
+
 def test_feature_config_errors_and_old_checkpoints():
     from memstream.models.anomaly import AnomalyConfig
 
