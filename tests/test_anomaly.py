@@ -129,6 +129,33 @@ def test_pixel_features_ignore_lighting_and_hold_every_offset():
                                                                                     raw[:, :, -3:-2].expand(-1, -1, 2))
 
 
+def test_feature_map_in_units_of_the_nearest_entrys_spread(monkeypatch):
+    """The bank's neighbourhood sizes equal a brute-force k-nearest-neighbour search, and the map divides each
+    patch's nearest-neighbour distance by its nearest entry's size (a local outlier factor)."""
+    import memstream.models.anomaly as anomaly_model
+    from memstream.pipelines.anomaly import fit_normality
+
+    monkeypatch.setattr(anomaly_model, "BANK_CHUNK", 1024)  # the search's chunks meet in the middle of the bank
+    model = tiny(bank_size=4096)
+    fit_normality(model, frames(40).numpy())
+    bank, scale = model.bank[model.bank_valid], model.bank_scale[model.bank_valid]
+    assert len(bank) > 2048
+    d = torch.cdist(bank.double(), bank.double())
+    radius = d.topk(6, dim=-1, largest=False).values[:, 5]  # density_k = 5, itself excluded
+    assert torch.allclose(scale.double(), radius + 0.5 * radius.median(), rtol=1e-3, atol=1e-3)
+    feats = model.features(frames(2, 7))
+    with torch.no_grad():
+        got = model.feature_map(feats)
+    q = model.bank_space(feats).flatten(0, 1).double()
+    dist, nearest = torch.cdist(q, bank.double()).min(-1)
+    want = model._upsample((dist / scale.double()[nearest]).float().view(2, -1), model.cfg.feature_margin)
+    assert torch.allclose(got, want, rtol=1e-3, atol=1e-3)
+    plain = tiny(bank_size=4096, density_k=0)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "bank_scale"})
+    with torch.no_grad():
+        assert torch.allclose(plain.feature_map(feats), model._upsample(dist.float().view(2, -1), 2), atol=1e-3)
+
+
 def test_bank_candidates_are_bounded(monkeypatch):
     import memstream.pipelines.anomaly as anomaly
 
@@ -142,12 +169,15 @@ def test_feature_config_errors_and_old_checkpoints():
 
     for bad, match in (({"pixel_patch": 3}, "pixel_patch"), ({"light_sigma": 0.5}, "light_sigma"),
                        ({"features_from": "vgg"}, "features_from"), ({"bank_pick": "kmeans"}, "bank_pick"),
-                       ({"pixel_pool": 3}, "pixel_pool"), ({"position_dims": 64}, "position_dims")):
+                       ({"pixel_pool": 3}, "pixel_pool"), ({"position_dims": 64}, "position_dims"),
+                       ({"density_soft": 0.0}, "density_soft"), ({"bank_dims": 49}, "bank_dims")):
         with pytest.raises(ValueError, match=match):
             tiny(**bad)
-    old = {k: v for k, v in tiny().cfg.to_dict().items() if k not in ("features_from", "bank_pick")}
+    new = ("features_from", "bank_pick", "bank_dims", "density_k")
+    old = {k: v for k, v in tiny().cfg.to_dict().items() if k not in new}
     cfg = AnomalyConfig.from_dict(old)  # saved before the pixel features: it keeps the encoder's and the coreset
     assert cfg.features_from == "encoder" and cfg.bank_pick == "coreset" and cfg.feature_grid == cfg.grid
+    assert cfg.bank_dims == 0 and cfg.density_k == 0
 
 
 def _aligned(n: int, seed: int) -> np.ndarray:
