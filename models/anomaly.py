@@ -673,7 +673,8 @@ class AnomalyModel(nn.Module):
 def anomaly_small(**overrides) -> AnomalyModel:
     """128x128 images in 8x8 patches, width 128, 4 encoder blocks with 32 memory slots each, a 2-block decoder
     reading encoder levels 1 and 3; a 65,536-entry bank of normal pixel-patch features (4x4 patches of the
-    2x-pooled, lighting-normalised image, a 31x31 grid, 48 values each); for video, frames coded as 8x8
+    2x-pooled, lighting-normalised image, a 31x31 grid, 48 values each, kept as 24 principal components),
+    distances in units of the nearest entry's spread (k = 5); for video, frames coded as 8x8
     cells x 8 principal components and a causal width-128 core with a queue of 64 frames (segments of 4)."""
     temporal = CoreConfig(dim=128, heads=4, layers=2, ff_mult=2, segment=4, memory="queue", memory_length=64,
                           causal=True, dropout=0.0)
