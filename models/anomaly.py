@@ -451,22 +451,15 @@ class AnomalyModel(nn.Module):
         if cfg.light_sigma:
             # Each image has its own gain and a gradient (MVTec's and any camera's lighting drift): divide by
             # the smooth luminance, which keeps a stain's colour but not the light on it.
-            x = x / self._blur2d(x.mean(1, keepdim=True), self.light_blur).clamp(min=1e-3)
+            x = x / self._smooth(x.mean(1), self.light_blur).unsqueeze(1).clamp(min=1e-3)
         if cfg.pixel_pool > 1:
             x = F.avg_pool2d(x, cfg.pixel_pool)  # also averages the sensor noise away
         return F.conv2d(x, self.pixel_kernel, stride=stride).flatten(2).transpose(1, 2)
 
-    @staticmethod
-    def _blur2d(x: Tensor, kernel: Tensor) -> Tensor:
-        """(F, 1, H, W) -> separable Gaussian blur with reflect padding."""
-        r = kernel.shape[-1] // 2
-        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-        return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kernel.view(1, 1, -1, 1))
-
     # -- maps ----------------------------------------------------------------------------------------
-    def _smooth(self, m: Tensor) -> Tensor:
-        """(F, H, W) -> Gaussian-blurred (separable, reflect padding)."""
-        k = self.blur
+    def _smooth(self, m: Tensor, kernel: Tensor | None = None) -> Tensor:
+        """(F, H, W) -> Gaussian-blurred (separable, reflect padding) by ``kernel`` (default: the maps' blur)."""
+        k = self.blur if kernel is None else kernel
         r = k.shape[-1] // 2
         f, h, w = m.shape
         x = F.conv1d(F.pad(m.reshape(f * h, 1, w), (r, r), mode="reflect"), k).view(f, h, w)

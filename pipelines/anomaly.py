@@ -180,9 +180,12 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
     held, bank_images = images[order[:n_out]], images[order[n_out:]]
     per_image = max(1, MAX_PATCHES // max(1, len(bank_images)))  # bounds the memory of long videos' frames
     pick = torch.Generator().manual_seed(seed)
-    chunks = []
+    chunks, grids = [], []  # bank candidates; patch features on the map's grid (for the position Gaussians)
     for i in range(0, len(bank_images), batch):
-        f = model.bank_features(torch.from_numpy(bank_images[i:i + batch]))  # (b, M, D)
+        x = torch.from_numpy(bank_images[i:i + batch])
+        if model.cfg.position_dims:
+            grids.append(model.features(x))
+        f = model.bank_features(x)  # (b, M, D)
         if f.shape[1] > per_image:
             f = f[:, torch.randperm(f.shape[1], generator=pick)[:per_image]]
         chunks.append(f.flatten(0, 1))
@@ -211,8 +214,7 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
     model.bank_valid[: len(bank)] = True
     fit_bank_scale(model)
     if model.cfg.position_dims:
-        fit_positions(model, torch.cat([model.features(torch.from_numpy(bank_images[i:i + batch]))
-                                        for i in range(0, len(bank_images), batch)]))  # (n, N, D)
+        fit_positions(model, torch.cat(grids))  # (n, N, D)
     probe = held if len(held) else bank_images
     names = [n for n in MAPS if n != "position" or model.cfg.position_dims]
     raw: dict[str, list[Tensor]] = {n: [] for n in names}
