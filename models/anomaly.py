@@ -107,6 +107,7 @@ class AnomalyConfig:
     pixel_patch: int = 4
     pixel_stride: int = 2
     light_sigma: float = 0.125
+    colour_balance: bool = True
     bank_size: int = 65536
     bank_pick: str = "random"
     bank_dims: int = 24
@@ -222,7 +223,7 @@ class AnomalyConfig:
         temporal = CoreConfig.from_dict(d["temporal"]) if d.get("temporal") else None
         # Checkpoints saved before the position statistics (or the pixel features) existed have no such buffers.
         return cls(**{"position_dims": 0, "features_from": "encoder", "bank_pick": "coreset", "bank_dims": 0,
-                      "density_k": 0,
+                      "density_k": 0, "colour_balance": False,
                       **d,
                       "temporal": temporal})
 
@@ -448,6 +449,11 @@ class AnomalyModel(nn.Module):
         anomaly``, the encoder's patch embeddings gave synthetic image AUROC 0.71 against these 0.9+)."""
         cfg = self.cfg
         x = frames.permute(0, 3, 1, 2).float() / 255.0
+        if cfg.colour_balance:
+            # Grey world: each image's colour cast (the product's and the background's colour jitter, the
+            # light's colour) cancels; a local stain barely moves an image's mean (synthetic mean image AUROC
+            # 0.929 -> 0.944 in ``memstream bench anomaly``, 0.886 -> 0.918 on a second seed).
+            x = x * (x.mean((1, 2, 3), keepdim=True) / x.mean((2, 3), keepdim=True).clamp(min=1e-3))
         if cfg.light_sigma:
             # Each image has its own gain and a gradient (MVTec's and any camera's lighting drift): divide by
             # the smooth luminance, which keeps a stain's colour but not the light on it.

@@ -154,10 +154,11 @@ def fit_temporal_code(model: AnomalyModel, videos: list[np.ndarray], max_frames:
 
 
 def coreset(features: Tensor, size: int, seed: int = 0) -> Tensor:
-    """PatchCore's greedy k-center coreset (on a 64-d random projection): ``size`` rows of ``features`` (M, D)."""
+    """PatchCore's greedy k-center coreset (on a 64-d random projection): the indices of ``size`` rows of
+    ``features`` (M, D)."""
     m = features.shape[0]
     if m <= size:
-        return features
+        return torch.arange(m)
     g = torch.Generator().manual_seed(seed)
     proj = features @ torch.randn(features.shape[1], min(64, features.shape[1]), generator=g)
     chosen = [int(torch.randint(m, (1,), generator=g))]
@@ -166,7 +167,7 @@ def coreset(features: Tensor, size: int, seed: int = 0) -> Tensor:
         nxt = int(dist.argmax())
         chosen.append(nxt)
         dist = torch.minimum(dist, (proj - proj[nxt]).pow(2).sum(-1))
-    return features[torch.tensor(chosen)]
+    return torch.tensor(chosen)
 
 
 @torch.no_grad()
@@ -180,7 +181,7 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
     held, bank_images = images[order[:n_out]], images[order[n_out:]]
     per_image = max(1, MAX_PATCHES // max(1, len(bank_images)))  # bounds the memory of long videos' frames
     pick = torch.Generator().manual_seed(seed)
-    chunks, grids = [], []  # bank candidates; patch features on the map's grid (for the position Gaussians)
+    chunks, grids, sources = [], [], []  # bank candidates, the image of each; grid features (position Gaussians)
     for i in range(0, len(bank_images), batch):
         x = torch.from_numpy(bank_images[i:i + batch])
         if model.cfg.position_dims:
@@ -189,7 +190,8 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
         if f.shape[1] > per_image:
             f = f[:, torch.randperm(f.shape[1], generator=pick)[:per_image]]
         chunks.append(f.flatten(0, 1))
-    feats = torch.cat(chunks)  # (n * M, D)
+        sources.append(torch.arange(i, i + f.shape[0]).repeat_interleave(f.shape[1]))
+    feats, sources = torch.cat(chunks), torch.cat(sources)  # (n * M, D), (n * M,)
     candidates = int(feats.shape[0])
     if model.cfg.bank_dims:
         if candidates < model.cfg.bank_dims:
@@ -201,18 +203,18 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
         model.bank_center.copy_(center)
         model.bank_proj.copy_(v[: model.cfg.bank_dims].T)
         feats = model.bank_space(feats)
+    shuffled = torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))
     if model.cfg.bank_pick == "random":
-        bank = feats[torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))[:model.cfg.bank_size]]
+        picked = shuffled[:model.cfg.bank_size]
     else:
-        if candidates > MAX_BANK_CANDIDATES:  # bounds the coreset's time (linear in the candidates) on large sets
-            feats = feats[torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))[
-                :MAX_BANK_CANDIDATES]]
-        bank = coreset(feats, model.cfg.bank_size, seed)
+        shuffled = shuffled[:MAX_BANK_CANDIDATES]  # bounds the coreset's time (linear in the candidates)
+        picked = shuffled[coreset(feats[shuffled], model.cfg.bank_size, seed)]
+    bank = feats[picked]
     model.bank.zero_()
     model.bank[: len(bank)] = bank
     model.bank_valid.zero_()
     model.bank_valid[: len(bank)] = True
-    fit_bank_scale(model)
+    fit_bank_scale(model, sources[picked])
     if model.cfg.position_dims:
         fit_positions(model, torch.cat(grids))  # (n, N, D)
     probe = held if len(held) else bank_images
@@ -245,23 +247,37 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
 
 
 @torch.no_grad()
-def fit_bank_scale(model: AnomalyModel, chunk: int = 4096) -> None:
-    """Each bank entry's neighbourhood size: its distance to its ``density_k``-th nearest other entry, plus
-    ``density_soft`` x the median of those (into ``bank_scale``). The feature map divides a patch's distance
-    by its nearest entry's size, as a local outlier factor does: normal patterns that vary a lot (edges,
-    stripes) no longer outscore a faint defect on a smooth surface (synthetic mean image AUROC 0.895 ->
-    0.927 in ``memstream bench anomaly``; MVTec transistor 0.56 -> 1.0)."""
+def fit_bank_scale(model: AnomalyModel, sources: Tensor | None = None, chunk: int = 2048) -> None:
+    """Each bank entry's neighbourhood size: its distance to its ``density_k``-th nearest entry taken from
+    *another* image (``sources``: (entries,) the image of each; None: any other entry), plus ``density_soft``
+    x the median of those (into ``bank_scale``). The feature map divides a patch's distance by its nearest
+    entry's size, as a local outlier factor does: normal patterns that vary a lot (edges, stripes) no longer
+    outscore a faint defect on a smooth surface (synthetic mean image AUROC 0.895 -> 0.927 in ``memstream
+    bench anomaly``; MVTec transistor 0.56 -> 1.0). Other images only, because a patch of a new image is
+    never from a training image: on a flat surface an entry's nearest neighbours are its own image's
+    neighbouring offsets, and their distance (sensor noise) is far below the next image's (the surface's
+    colour jitter), so every new image's flat surface looked anomalous (synthetic board 0.938 -> 0.960)."""
     k = model.cfg.density_k
     if not k:
         return
     model.bank_scale.fill_(1.0)
     bank = model.bank[model.bank_valid]
-    if len(bank) <= k:
+    if sources is not None and len(sources) != len(bank):
+        raise ValueError(f"fit_bank_scale: {len(sources)} sources for {len(bank)} bank entries")
+    if len(bank) <= k or (sources is not None and int(sources.unique().numel()) < 2):
         return
     b2 = bank.pow(2).sum(-1)
-    radius = torch.cat([(torch.addmm(b2, bank[i:i + chunk], bank.t(), alpha=-2.0) + b2[i:i + chunk, None])
-                        .topk(k + 1, dim=-1, largest=False).values[:, k]  # the entry itself is the first
-                        for i in range(0, len(bank), chunk)]).clamp(min=0.0).sqrt()
+    radius = []
+    for i in range(0, len(bank), chunk):
+        d2 = torch.addmm(b2, bank[i:i + chunk], bank.t(), alpha=-2.0) + b2[i:i + chunk, None]
+        if sources is None:  # the entry itself is its own first neighbour
+            d2 = d2.scatter(1, torch.arange(i, min(i + chunk, len(bank))).unsqueeze(1), float("inf"))
+        else:
+            d2 = d2.masked_fill(sources[i:i + chunk, None] == sources[None, :], float("inf"))
+        kth = d2.topk(min(k, len(bank) - 1), dim=-1, largest=False).values[:, -1]
+        radius.append(torch.where(torch.isfinite(kth), kth, d2.new_tensor(float("nan"))))
+    radius = torch.cat(radius).clamp(min=0.0).sqrt()
+    radius = torch.where(radius.isnan(), radius.nanmedian(), radius)  # fewer than k entries from other images
     soft = model.cfg.density_soft * radius.median().clamp(min=1e-6)
     model.bank_scale[model.bank_valid] = radius + soft
 

@@ -92,7 +92,7 @@ def test_maps_bank_and_fit():
     assert amap.shape == (2, 32, 32) and torch.allclose(score, amap.flatten(1).amax(1))
     x = torch.randn(100, 8)
     picked = coreset(x, 10)
-    assert picked.shape == (10, 8) and all(any(torch.equal(p, r) for r in x) for p in picked)
+    assert picked.shape == (10,) and len(set(picked.tolist())) == 10
     with pytest.raises(ValueError, match="addressing"):
         tiny(addressing="vq")
     with pytest.raises(ValueError, match="uint8 RGB"):
@@ -100,21 +100,24 @@ def test_maps_bank_and_fit():
 
 
 def test_pixel_features_ignore_lighting_and_hold_every_offset():
-    """The default patch features: a change of gain leaves them as they were; the bank holds the normal
-    patches at every offset, so a shifted view of a normal texture lies on it; the map's border repeats the
-    nearest cell (no feature is taken from outside the image)."""
+    """The default patch features: a colour cast (a gain per channel) leaves them as they were; the bank holds
+    the normal patches at every offset, so a shifted view of a normal texture lies on it; the map's border
+    repeats the nearest cell (no feature is taken from outside the image)."""
     from memstream.pipelines.anomaly import fit_normality
 
     rng = np.random.default_rng(0)
     texture = rng.integers(40, 150, (1, 34, 34, 3)).astype(np.uint8)
     model = tiny()
     assert model.cfg.features_from == "pixels" and model.cfg.feature_grid == 7 and model.cfg.feature_margin == 2
-    brighter = np.clip(np.round(texture.astype(np.float64) * 1.6), 0, 255).astype(np.uint8)
+    cast = np.clip(np.round(texture.astype(np.float64) * [1.6, 1.3, 1.05]), 0, 255).astype(np.uint8)
     with torch.no_grad():
-        a, b = (model.features(torch.from_numpy(x[:, :32, :32])) for x in (texture, brighter))
+        a, b = (model.features(torch.from_numpy(x[:, :32, :32])) for x in (texture, cast))
+        c = tiny(colour_balance=False).features(torch.from_numpy(cast[:, :32, :32]))
     assert a.shape == (1, 49, 48) and torch.allclose(a, b, atol=0.02)  # uint8 rounding only
+    assert float((a - c).abs().max()) > 0.1  # the luminance alone leaves the cast
 
-    model = tiny(light_sigma=0.0, bank_size=4096, position_dims=0)  # a shift leaves unnormalised patches alone
+    # a shift leaves unnormalised patches alone
+    model = tiny(light_sigma=0.0, colour_balance=False, bank_size=4096, position_dims=0)
     fit_normality(model, np.repeat(texture[:, :32, :32], 3, axis=0), holdout=0.5)  # one image in the bank
     assert int(model.bank_valid.sum()) == 13 * 13  # 4x4 patches at every offset of the 16x16 pooled image
     with torch.no_grad():
@@ -130,18 +133,26 @@ def test_pixel_features_ignore_lighting_and_hold_every_offset():
 
 
 def test_feature_map_in_units_of_the_nearest_entrys_spread(monkeypatch):
-    """The bank's neighbourhood sizes equal a brute-force k-nearest-neighbour search, and the map divides each
-    patch's nearest-neighbour distance by its nearest entry's size (a local outlier factor)."""
+    """The bank's neighbourhood sizes equal a brute-force k-nearest-neighbour search over the entries of other
+    images, and the map divides each patch's nearest-neighbour distance by its nearest entry's size (a local
+    outlier factor)."""
     import memstream.models.anomaly as anomaly_model
-    from memstream.pipelines.anomaly import fit_normality
+    from memstream.pipelines.anomaly import fit_bank_scale, fit_normality
 
     monkeypatch.setattr(anomaly_model, "BANK_CHUNK", 1024)  # the search's chunks meet in the middle of the bank
     model = tiny(bank_size=4096)
     fit_normality(model, frames(40).numpy())
-    bank, scale = model.bank[model.bank_valid], model.bank_scale[model.bank_valid]
+    bank = model.bank[model.bank_valid]
     assert len(bank) > 2048
     d = torch.cdist(bank.double(), bank.double())
-    radius = d.topk(6, dim=-1, largest=False).values[:, 5]  # density_k = 5, itself excluded
+    sources = torch.arange(len(bank)) % 7  # seven "images"
+    fit_bank_scale(model, sources, chunk=1000)  # chunks that do not divide the bank
+    radius = d.masked_fill(sources[:, None] == sources[None, :], float("inf")).topk(5, largest=False).values[:, 4]
+    assert torch.allclose(model.bank_scale[model.bank_valid].double(), radius + 0.5 * radius.median(), rtol=1e-3,
+                          atol=1e-3)
+    fit_bank_scale(model)  # no sources: any other entry (density_k = 5, itself excluded)
+    scale = model.bank_scale[model.bank_valid]
+    radius = d.topk(6, dim=-1, largest=False).values[:, 5]
     assert torch.allclose(scale.double(), radius + 0.5 * radius.median(), rtol=1e-3, atol=1e-3)
     feats = model.features(frames(2, 7))
     with torch.no_grad():
@@ -173,11 +184,11 @@ def test_feature_config_errors_and_old_checkpoints():
                        ({"density_soft": 0.0}, "density_soft"), ({"bank_dims": 49}, "bank_dims")):
         with pytest.raises(ValueError, match=match):
             tiny(**bad)
-    new = ("features_from", "bank_pick", "bank_dims", "density_k")
+    new = ("features_from", "bank_pick", "bank_dims", "density_k", "colour_balance")
     old = {k: v for k, v in tiny().cfg.to_dict().items() if k not in new}
     cfg = AnomalyConfig.from_dict(old)  # saved before the pixel features: it keeps the encoder's and the coreset
     assert cfg.features_from == "encoder" and cfg.bank_pick == "coreset" and cfg.feature_grid == cfg.grid
-    assert cfg.bank_dims == 0 and cfg.density_k == 0
+    assert cfg.bank_dims == 0 and cfg.density_k == 0 and not cfg.colour_balance
 
 
 def _aligned(n: int, seed: int) -> np.ndarray:
