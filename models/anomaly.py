@@ -104,7 +104,7 @@ class AnomalyConfig:
     feature_level: int = 0
     features_from: str = "pixels"
     pixel_pool: int = 2
-    pixel_patch: int = 4
+    pixel_patch: tuple[int, ...] = (4, 6)
     pixel_stride: int = 2
     light_sigma: float = 0.125
     colour_balance: bool = True
@@ -122,6 +122,8 @@ class AnomalyConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decoder_levels", tuple(self.decoder_levels))
+        sizes = self.pixel_patch
+        object.__setattr__(self, "pixel_patch", (sizes,) if isinstance(sizes, int) else tuple(sizes))
 
         need = requirement("AnomalyConfig")
 
@@ -140,10 +142,13 @@ class AnomalyConfig:
                  f"pixel_pool={self.pixel_pool} must be >= 1 and divide image_size={self.image_size}")
             need(self.pixel_stride >= 1 and pooled % self.pixel_stride == 0,
                  f"pixel_stride={self.pixel_stride} must be >= 1 and divide the pooled size {pooled}")
-            need(self.pixel_patch >= self.pixel_stride and (self.pixel_patch - self.pixel_stride) % 2 == 0
-                 and (pooled - self.pixel_patch) % self.pixel_stride == 0,
-                 f"pixel_patch={self.pixel_patch} must be pixel_stride={self.pixel_stride} plus an even amount "
-                 f"and tile the pooled size {pooled} (the patches are centred on the map's cells)")
+            need(len(self.pixel_patch) >= 1 and len(set(self.pixel_patch)) == len(self.pixel_patch),
+                 f"pixel_patch={self.pixel_patch} must name one or more different patch sizes")
+            for p in self.pixel_patch:
+                need(self.pixel_stride <= p < pooled and (p - self.pixel_stride) % 2 == 0
+                     and (pooled - p) % self.pixel_stride == 0,
+                     f"pixel_patch={p} must be pixel_stride={self.pixel_stride} plus an even amount and tile the "
+                     f"pooled size {pooled} (the patches are centred on the map's cells)")
             need(0 <= self.light_sigma <= 0.3, f"light_sigma={self.light_sigma} must be in [0, 0.3]: a fraction "
                  "of the image side (0: no lighting normalisation)")
         need(self.addressing in ("none", "memae"), f"addressing={self.addressing!r} must be 'none' or 'memae'")
@@ -155,7 +160,8 @@ class AnomalyConfig:
         need(self.bank_pick in ("random", "coreset"), f"bank_pick={self.bank_pick!r} must be 'random' or 'coreset'")
         need(self.density_k >= 0 and self.density_soft > 0, f"density_k={self.density_k} must be >= 0 (0: plain "
              f"distances) and density_soft={self.density_soft} > 0")
-        need(0 <= self.bank_dims <= self.feature_dim, f"bank_dims={self.bank_dims} must be in 0..{self.feature_dim} "
+        smallest = min(self.patch_dim(p) for p in self.patch_sizes)
+        need(0 <= self.bank_dims <= smallest, f"bank_dims={self.bank_dims} must be in 0..{smallest} "
              "(the patch features' size; 0: the bank holds them whole)")
         need(0 <= self.position_dims <= self.feature_dim,
              f"position_dims={self.position_dims} must be in 0..{self.feature_dim} (the patch features' size)")
@@ -176,23 +182,36 @@ class AnomalyConfig:
         return self.grid * self.grid
 
     @property
-    def feature_grid(self) -> int:
-        """Side of the grid of patch features (the bank's and the position Gaussians')."""
-        if self.features_from == "encoder":
+    def patch_sizes(self) -> tuple[int, ...]:
+        """One per bank: the side of its pixel patches (pooled pixels); 0: the encoder's patch embeddings."""
+        return self.pixel_patch if self.features_from == "pixels" else (0,)
+
+    def patch_grid(self, size: int) -> int:
+        """Side of the map's grid of patch features of the given size (see ``patch_sizes``)."""
+        if not size:
             return self.grid
-        return (self.image_size // self.pixel_pool - self.pixel_patch) // self.pixel_stride + 1
+        return (self.image_size // self.pixel_pool - size) // self.pixel_stride + 1
+
+    def patch_margin(self, size: int) -> int:
+        """Image pixels along each border that no cell's centre covers (pixel patches lie inside the image: a
+        zero-padded border patch has few look-alikes in the bank and would be scored as anomalous)."""
+        return (size - self.pixel_stride) // 2 * self.pixel_pool if size else 0
+
+    def patch_dim(self, size: int) -> int:
+        return 3 * size * size if size else self.dim
+
+    @property
+    def feature_grid(self) -> int:
+        """Side of the grid of the first bank's patch features (also the position Gaussians')."""
+        return self.patch_grid(self.patch_sizes[0])
 
     @property
     def feature_margin(self) -> int:
-        """Image pixels along each border that no feature cell's centre covers (pixel patches lie inside the
-        image: a zero-padded border patch has few look-alikes in the bank and would be scored as anomalous)."""
-        if self.features_from == "encoder":
-            return 0
-        return (self.pixel_patch - self.pixel_stride) // 2 * self.pixel_pool
+        return self.patch_margin(self.patch_sizes[0])
 
     @property
     def feature_dim(self) -> int:
-        return self.dim if self.features_from == "encoder" else 3 * self.pixel_patch ** 2
+        return self.patch_dim(self.patch_sizes[0])
 
     @property
     def temporal_width(self) -> int:
@@ -214,6 +233,7 @@ class AnomalyConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["decoder_levels"] = list(self.decoder_levels)
+        d["pixel_patch"] = list(self.pixel_patch)
         d["temporal"] = self.temporal.to_dict() if self.temporal is not None else None
         return d
 
@@ -223,7 +243,7 @@ class AnomalyConfig:
         temporal = CoreConfig.from_dict(d["temporal"]) if d.get("temporal") else None
         # Checkpoints saved before the position statistics (or the pixel features) existed have no such buffers.
         return cls(**{"position_dims": 0, "features_from": "encoder", "bank_pick": "coreset", "bank_dims": 0,
-                      "density_k": 0, "colour_balance": False,
+                      "density_k": 0, "colour_balance": False, "pixel_patch": 4,
                       **d,
                       "temporal": temporal})
 
@@ -294,11 +314,78 @@ class _MemAE(nn.Module):
         return w @ self.items
 
 
+class _PatchBank(nn.Module):
+    """A memory of normal patch features (PatchCore) and the search in it: ``size`` entries (a fixed-capacity
+    buffer with a validity mask) on the features' ``dims`` principal components (0: whole), each with its
+    neighbourhood size when ``density``. ``patch`` > 0: the bank of ``patch`` x ``patch`` pixel patches,
+    which it cuts out itself; 0: features given whole (the encoder's patch embeddings)."""
+
+    def __init__(self, feature_dim: int, size: int, dims: int, density: bool, patch: int = 0) -> None:
+        super().__init__()
+        self.dims, self.density, self.patch = dims, density, patch
+        if patch:  # a convolution that copies each patch's pixels out: an exportable im2col
+            c = 3 * patch * patch
+            self.register_buffer("kernel", torch.eye(c).view(c, 3, patch, patch), persistent=False)
+        # fitted on normal training data (memstream.pipelines.anomaly.fit_normality): saved with the weights
+        if dims:
+            self.register_buffer("center", torch.zeros(feature_dim))
+            self.register_buffer("proj", torch.eye(feature_dim)[:, :dims].clone())
+        self.register_buffer("entries", torch.zeros(size, dims or feature_dim))
+        self.register_buffer("valid", torch.zeros(size, dtype=torch.bool))
+        if density:
+            self.register_buffer("scale", torch.ones(size))  # each entry's neighbourhood size
+
+    def cut(self, image: Tensor, stride: int) -> Tensor:
+        """(F, 3, h, w) normalised image -> (F, M, 3*p*p) its patches centred on a grid of the given stride."""
+        return F.conv2d(image, self.kernel, stride=stride).flatten(2).transpose(1, 2)
+
+    def space(self, feats: Tensor) -> Tensor:
+        """Patch features (..., D') -> the bank's space (..., ``dims``): their principal components on normal
+        data. On pixel patches, 24 of 48 give the same image AUROC at half the search (the rest is mostly
+        sensor noise)."""
+        return (feats - self.center) @ self.proj if self.dims else feats
+
+    def distance(self, feats: Tensor) -> Tensor:
+        """Patch features (F, N, D') -> distance to the nearest entry (F, N), in units of its spread (if
+        ``density``; see ``fit_bank_scale``); 0 where the bank is empty."""
+        feats = self.space(feats)
+        q2 = feats.pow(2).sum(-1)  # (F, N)
+        best, scale = None, None
+        for lo in range(0, self.entries.shape[0], BANK_CHUNK):  # (F, N, chunk) at a time: 268 MB a frame at 65k
+            bank, valid = self.entries[lo:lo + BANK_CHUNK], self.valid[lo:lo + BANK_CHUNK]
+            b2 = torch.where(valid, bank.pow(2).sum(-1), torch.full_like(valid, float("inf"), dtype=bank.dtype))
+            d2 = torch.addmm(b2, feats.flatten(0, 1), bank.t(), alpha=-2.0)  # squared distance less |q|^2
+            if not self.density:
+                d2 = d2.amin(-1)
+                best = d2 if best is None else torch.minimum(best, d2)
+                continue
+            d2, nearest = d2.min(-1)
+            s = self.scale[lo:lo + BANK_CHUNK][nearest]
+            closer = d2 < best if best is not None else None
+            best = d2 if best is None else torch.where(closer, d2, best)
+            scale = s if scale is None else torch.where(closer, s, scale)
+        dist = (best.view_as(q2) + q2).clamp(min=0.0).sqrt()
+        if scale is not None:  # in units of the nearest normal pattern's own spread
+            dist = dist / scale.view_as(q2)
+        return torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist))  # an empty bank scores 0
+
+
+# checkpoints saved before the banks were modules held one bank in these buffers
+_OLD_BANK_KEYS = {"bank_center": "center", "bank_proj": "proj", "bank": "entries", "bank_valid": "valid",
+                  "bank_scale": "scale"}
+
+
 def _gaussian_kernel(sigma: float) -> Tensor:
     radius = max(1, int(math.ceil(3 * sigma)))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     g = torch.exp(-(x ** 2) / (2 * sigma * sigma))
     return (g / g.sum()).view(1, 1, -1)
+
+
+def _rename_old_bank_keys(module, state_dict, prefix, *_) -> None:
+    for old, new in _OLD_BANK_KEYS.items():
+        if prefix + old in state_dict:
+            state_dict[f"{prefix}banks.0.{new}"] = state_dict.pop(prefix + old)
 
 
 class AnomalyModel(nn.Module):
@@ -329,20 +416,13 @@ class AnomalyModel(nn.Module):
         self.register_buffer("blur", _gaussian_kernel(cfg.blur_sigma), persistent=False)
         fd, fn = cfg.feature_dim, cfg.feature_grid ** 2
         if cfg.features_from == "pixels":
-            c = 3 * cfg.pixel_patch ** 2  # a convolution that copies each patch's pixels out: exportable im2col
-            self.register_buffer("pixel_kernel", torch.eye(c).view(c, 3, cfg.pixel_patch, cfg.pixel_patch),
-                                 persistent=False)
             sigma = cfg.light_sigma * cfg.image_size
             self.register_buffer("light_blur", _gaussian_kernel(sigma) if cfg.light_sigma else
                                  torch.ones(1, 1, 1), persistent=False)
+        self.banks = nn.ModuleList(_PatchBank(cfg.patch_dim(p), cfg.bank_size, cfg.bank_dims, cfg.density_k > 0, p)
+                                   for p in cfg.patch_sizes)
+        self.register_load_state_dict_pre_hook(_rename_old_bank_keys)
         # fitted on normal training data (memstream.pipelines.anomaly.fit_normality): saved with the weights
-        if cfg.bank_dims:  # the bank's space: the normal features' principal components
-            self.register_buffer("bank_center", torch.zeros(fd))
-            self.register_buffer("bank_proj", torch.eye(fd)[:, :cfg.bank_dims].clone())
-        self.register_buffer("bank", torch.zeros(cfg.bank_size, cfg.bank_dims or fd))
-        self.register_buffer("bank_valid", torch.zeros(cfg.bank_size, dtype=torch.bool))
-        if cfg.density_k:
-            self.register_buffer("bank_scale", torch.ones(cfg.bank_size))  # each entry's neighbourhood size
         self.register_buffer("stats", torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))  # rec, feature, temporal mu/sd
         if cfg.position_dims:  # the per-position Gaussians (score "position")
             k = cfg.position_dims
@@ -424,43 +504,49 @@ class AnomalyModel(nn.Module):
             q = block(q, context)
         return self.head(q)
 
-    def features(self, frames: Tensor, tokens: Tensor | None = None) -> Tensor:
-        """(F, H, W, 3) uint8, whole image visible -> (F, N', D') the patch features the bank and the position
-        Gaussians hold: N' = ``feature_grid``**2 cells, D' = ``feature_dim``."""
+    def grid_features(self, frames: Tensor, tokens: Tensor | None = None) -> list[Tensor]:
+        """(F, H, W, 3) uint8, whole image visible -> per bank, (F, N_i, D_i) its patch features on the map's
+        grid: N_i = ``patch_grid``**2 cells, D_i = ``patch_dim``."""
         if self.cfg.features_from == "pixels":
-            return self.pixel_features(frames, self.cfg.pixel_stride)
+            image = self.pixel_image(frames)
+            return [bank.cut(image, self.cfg.pixel_stride) for bank in self.banks]
         x = self.tokens(frames) if tokens is None else tokens
         for block in self.blocks[: self.cfg.feature_level]:
             x = block(x)
-        return x
+        return [x]
 
-    def bank_features(self, frames: Tensor) -> Tensor:
-        """(F, H, W, 3) uint8 normal images -> (F, M, D') the candidates for the bank. Pixel patches are taken at
-        every offset (stride 1), so the bank holds each normal pattern at every phase against the map's grid:
-        a texture's or a turned object's patch need not fall on the grid as it did in training."""
+    def features(self, frames: Tensor, tokens: Tensor | None = None) -> Tensor:
+        """(F, H, W, 3) uint8 -> (F, N', D') the first bank's patch features on the map's grid (the position
+        Gaussians'): N' = ``feature_grid``**2 cells, D' = ``feature_dim``."""
         if self.cfg.features_from == "pixels":
-            return self.pixel_features(frames, 1)
-        return self.features(frames)
+            return self.banks[0].cut(self.pixel_image(frames), self.cfg.pixel_stride)
+        return self.grid_features(frames, tokens)[0]
 
-    def pixel_features(self, frames: Tensor, stride: int) -> Tensor:
-        """(F, H, W, 3) uint8 -> (F, M, 3*p*p) lighting-normalised, ``pixel_pool``-pooled pixel patches
-        (p = ``pixel_patch``) centred on a grid of the given stride. The features carry no learned weights:
+    def bank_features(self, frames: Tensor) -> list[Tensor]:
+        """(F, H, W, 3) uint8 normal images -> per bank, (F, M_i, D_i) its candidates. Pixel patches are taken
+        at every offset (stride 1), so the bank holds each normal pattern at every phase against the map's
+        grid: a texture's or a turned object's patch need not fall on the grid as it did in training."""
+        if self.cfg.features_from == "pixels":
+            image = self.pixel_image(frames)
+            return [bank.cut(image, 1) for bank in self.banks]
+        return self.grid_features(frames)
+
+    def pixel_image(self, frames: Tensor) -> Tensor:
+        """(F, H, W, 3) uint8 -> (F, 3, H/q, W/q) the colour-balanced, lighting-normalised image, average-pooled
+        by q = ``pixel_pool``: what the pixel patches are cut from. The features carry no learned weights:
         fifty normal images cannot train a backbone that beats the pixels themselves (in ``memstream bench
         anomaly``, the encoder's patch embeddings gave synthetic image AUROC 0.71 against these 0.9+)."""
         cfg = self.cfg
         x = frames.permute(0, 3, 1, 2).float() / 255.0
         if cfg.colour_balance:
             # Grey world: each image's colour cast (the product's and the background's colour jitter, the
-            # light's colour) cancels; a local stain barely moves an image's mean (synthetic mean image AUROC
-            # 0.929 -> 0.944 in ``memstream bench anomaly``, 0.886 -> 0.918 on a second seed).
+            # light's colour) cancels; a local stain barely moves an image's mean.
             x = x * (x.mean((1, 2, 3), keepdim=True) / x.mean((2, 3), keepdim=True).clamp(min=1e-3))
         if cfg.light_sigma:
             # Each image has its own gain and a gradient (MVTec's and any camera's lighting drift): divide by
             # the smooth luminance, which keeps a stain's colour but not the light on it.
             x = x / self._smooth(x.mean(1), self.light_blur).unsqueeze(1).clamp(min=1e-3)
-        if cfg.pixel_pool > 1:
-            x = F.avg_pool2d(x, cfg.pixel_pool)  # also averages the sensor noise away
-        return F.conv2d(x, self.pixel_kernel, stride=stride).flatten(2).transpose(1, 2)
+        return F.avg_pool2d(x, cfg.pixel_pool) if cfg.pixel_pool > 1 else x  # also averages the sensor noise
 
     # -- maps ----------------------------------------------------------------------------------------
     def _smooth(self, m: Tensor, kernel: Tensor | None = None) -> Tensor:
@@ -493,35 +579,14 @@ class AnomalyModel(nn.Module):
             error = error.index_copy(1, hidden, e)
         return error.view(f, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(f, g * p, g * p)
 
-    def bank_space(self, feats: Tensor) -> Tensor:
-        """Patch features (..., D') -> the bank's space (..., ``bank_dims``): their principal components on normal
-        data. On pixel patches, 24 of 48 give the same image AUROC at half the search (the rest is mostly
-        sensor noise)."""
-        return (feats - self.bank_center) @ self.bank_proj if self.cfg.bank_dims else feats
-
-    def feature_map(self, feats: Tensor) -> Tensor:
-        """Patch features (F, N, D') -> nearest-neighbour distance to the normal bank, upsampled (F, H, W)."""
-        feats = self.bank_space(feats)
-        q2 = feats.pow(2).sum(-1)  # (F, N)
-        best, scale = None, None
-        for lo in range(0, self.cfg.bank_size, BANK_CHUNK):  # (F, N, chunk) at a time: a 65k bank is 268 MB a frame
-            bank, valid = self.bank[lo:lo + BANK_CHUNK], self.bank_valid[lo:lo + BANK_CHUNK]
-            b2 = torch.where(valid, bank.pow(2).sum(-1), torch.full_like(valid, float("inf"), dtype=bank.dtype))
-            d2 = torch.addmm(b2, feats.flatten(0, 1), bank.t(), alpha=-2.0)  # squared distance less |q|^2
-            if not self.cfg.density_k:
-                d2 = d2.amin(-1)
-                best = d2 if best is None else torch.minimum(best, d2)
-                continue
-            d2, nearest = d2.min(-1)
-            s = self.bank_scale[lo:lo + BANK_CHUNK][nearest]
-            closer = d2 < best if best is not None else None
-            best = d2 if best is None else torch.where(closer, d2, best)
-            scale = s if scale is None else torch.where(closer, s, scale)
-        dist = (best.view_as(q2) + q2).clamp(min=0.0).sqrt()
-        if scale is not None:  # in units of the nearest normal pattern's own spread (see fit_bank_scale)
-            dist = dist / scale.view_as(q2)
-        dist = torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist))  # an empty bank scores 0
-        return self._upsample(dist, self.cfg.feature_margin)
+    def feature_map(self, grids: list[Tensor]) -> Tensor:
+        """Per bank, patch features (F, N_i, D_i) (``grid_features``) -> the mean over the banks of the
+        nearest-neighbour distance to each, upsampled (F, H, W). Two patch sizes see different things: the
+        small one thin lines and faint stains, the larger one a part's shape and context (a missing corner, a
+        component gone); each alone gave synthetic mean image AUROC 0.944 / 0.942, their mean 0.954."""
+        maps = [self._upsample(bank.distance(g), self.cfg.patch_margin(bank.patch))
+                for bank, g in zip(self.banks, grids, strict=True)]
+        return sum(maps[1:], maps[0]) / len(maps) if len(maps) > 1 else maps[0]
 
     def position_map(self, feats: Tensor) -> Tensor:
         """Patch features (F, N, D) -> Mahalanobis distance to the normal Gaussian of each position (F, H, W)."""
@@ -551,11 +616,11 @@ class AnomalyModel(nn.Module):
         if "reconstruction" in which:
             maps["reconstruction"] = self._smooth(self.reconstruction_map(frames, tokens))
         if "features" in which or "position" in which:
-            feats = self.features(frames, tokens)
+            grids = self.grid_features(frames, tokens)
             if "features" in which:
-                maps["features"] = self._smooth(self.feature_map(feats))
+                maps["features"] = self._smooth(self.feature_map(grids))
             if "position" in which and self.cfg.position_dims:
-                maps["position"] = self._smooth(self.position_map(feats))
+                maps["position"] = self._smooth(self.position_map(grids[0]))
         return maps, tokens
 
     # -- temporal memory -----------------------------------------------------------------------------

@@ -181,40 +181,19 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
     held, bank_images = images[order[:n_out]], images[order[n_out:]]
     per_image = max(1, MAX_PATCHES // max(1, len(bank_images)))  # bounds the memory of long videos' frames
     pick = torch.Generator().manual_seed(seed)
-    chunks, grids, sources = [], [], []  # bank candidates, the image of each; grid features (position Gaussians)
+    nb = len(model.banks)
+    chunks, sources = [[] for _ in range(nb)], [[] for _ in range(nb)]  # per bank: candidates, the image of each
+    grids = []  # the first bank's features on the map's grid (the position Gaussians)
     for i in range(0, len(bank_images), batch):
         x = torch.from_numpy(bank_images[i:i + batch])
         if model.cfg.position_dims:
             grids.append(model.features(x))
-        f = model.bank_features(x)  # (b, M, D)
-        if f.shape[1] > per_image:
-            f = f[:, torch.randperm(f.shape[1], generator=pick)[:per_image]]
-        chunks.append(f.flatten(0, 1))
-        sources.append(torch.arange(i, i + f.shape[0]).repeat_interleave(f.shape[1]))
-    feats, sources = torch.cat(chunks), torch.cat(sources)  # (n * M, D), (n * M,)
-    candidates = int(feats.shape[0])
-    if model.cfg.bank_dims:
-        if candidates < model.cfg.bank_dims:
-            raise ValueError(f"fit_normality: {candidates} normal patch features, fewer than bank_dims="
-                             f"{model.cfg.bank_dims}: give more normal images or a smaller bank_dims")
-        sample = feats[torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))[:PCA_SAMPLE]]
-        center = sample.mean(0)
-        _, _, v = torch.linalg.svd(sample - center, full_matrices=False)
-        model.bank_center.copy_(center)
-        model.bank_proj.copy_(v[: model.cfg.bank_dims].T)
-        feats = model.bank_space(feats)
-    shuffled = torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))
-    if model.cfg.bank_pick == "random":
-        picked = shuffled[:model.cfg.bank_size]
-    else:
-        shuffled = shuffled[:MAX_BANK_CANDIDATES]  # bounds the coreset's time (linear in the candidates)
-        picked = shuffled[coreset(feats[shuffled], model.cfg.bank_size, seed)]
-    bank = feats[picked]
-    model.bank.zero_()
-    model.bank[: len(bank)] = bank
-    model.bank_valid.zero_()
-    model.bank_valid[: len(bank)] = True
-    fit_bank_scale(model, sources[picked])
+        for j, f in enumerate(model.bank_features(x)):  # (b, M, D)
+            if f.shape[1] > per_image:
+                f = f[:, torch.randperm(f.shape[1], generator=pick)[:per_image]]
+            chunks[j].append(f.flatten(0, 1))
+            sources[j].append(torch.arange(i, i + f.shape[0]).repeat_interleave(f.shape[1]))
+    banks = [_fill_bank(model, j, torch.cat(chunks[j]), torch.cat(sources[j]), seed) for j in range(nb)]
     if model.cfg.position_dims:
         fit_positions(model, torch.cat(grids))  # (n, N, D)
     probe = held if len(held) else bank_images
@@ -239,47 +218,80 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
         e = torch.cat(errs)
         stats[4:] = [float(e.mean()), float(e.std().clamp(min=1e-6))]
     model.stats.copy_(torch.tensor(stats))
-    out = {"bank": int(len(bank)), "bank_from_patches": candidates, "holdout_images": int(len(held)),
-           "stats": [round(v, 6) for v in stats]}
+    out = {"bank": banks[0]["entries"], "bank_from_patches": banks[0]["from_patches"],
+           "holdout_images": int(len(held)), "stats": [round(v, 6) for v in stats]}
+    if nb > 1:
+        out["banks"] = banks
     if model.cfg.position_dims:
         out["position_stats"] = [round(v, 6) for v in spread["position"]]
     return out
 
 
+def _fill_bank(model: AnomalyModel, index: int, feats: Tensor, sources: Tensor, seed: int) -> dict:
+    """Bank ``index`` of ``model`` from its normal candidates (M, D) and the image of each (M,): principal
+    components, then ``bank_size`` entries (random or a coreset), then their neighbourhood sizes."""
+    bank, cfg = model.banks[index], model.cfg
+    candidates = int(feats.shape[0])
+    if cfg.bank_dims:
+        if candidates < cfg.bank_dims:
+            raise ValueError(f"fit_normality: {candidates} normal patch features, fewer than bank_dims="
+                             f"{cfg.bank_dims}: give more normal images or a smaller bank_dims")
+        sample = feats[torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))[:PCA_SAMPLE]]
+        center = sample.mean(0)
+        _, _, v = torch.linalg.svd(sample - center, full_matrices=False)
+        bank.center.copy_(center)
+        bank.proj.copy_(v[: cfg.bank_dims].T)
+        feats = bank.space(feats)
+    shuffled = torch.randperm(candidates, generator=torch.Generator().manual_seed(seed))
+    if cfg.bank_pick == "random":
+        picked = shuffled[:cfg.bank_size]
+    else:
+        shuffled = shuffled[:MAX_BANK_CANDIDATES]  # bounds the coreset's time (linear in the candidates)
+        picked = shuffled[coreset(feats[shuffled], cfg.bank_size, seed)]
+    bank.entries.zero_()
+    bank.entries[: len(picked)] = feats[picked]
+    bank.valid.zero_()
+    bank.valid[: len(picked)] = True
+    fit_bank_scale(model, sources[picked], bank=index)
+    return {"patch": bank.patch, "entries": int(len(picked)), "from_patches": candidates}
+
+
 @torch.no_grad()
-def fit_bank_scale(model: AnomalyModel, sources: Tensor | None = None, chunk: int = 2048) -> None:
-    """Each bank entry's neighbourhood size: its distance to its ``density_k``-th nearest entry taken from
-    *another* image (``sources``: (entries,) the image of each; None: any other entry), plus ``density_soft``
-    x the median of those (into ``bank_scale``). The feature map divides a patch's distance by its nearest
-    entry's size, as a local outlier factor does: normal patterns that vary a lot (edges, stripes) no longer
-    outscore a faint defect on a smooth surface (synthetic mean image AUROC 0.895 -> 0.927 in ``memstream
-    bench anomaly``; MVTec transistor 0.56 -> 1.0). Other images only, because a patch of a new image is
-    never from a training image: on a flat surface an entry's nearest neighbours are its own image's
-    neighbouring offsets, and their distance (sensor noise) is far below the next image's (the surface's
-    colour jitter), so every new image's flat surface looked anomalous (synthetic board 0.938 -> 0.960)."""
+def fit_bank_scale(model: AnomalyModel, sources: Tensor | None = None, chunk: int = 2048, bank: int = 0) -> None:
+    """Each entry's neighbourhood size in bank ``bank`` of ``model``: its distance to its ``density_k``-th
+    nearest entry taken from *another* image (``sources``: (entries,) the image of each; None: any other
+    entry), plus ``density_soft`` x the median of those (into its ``scale``). The feature map divides a
+    patch's distance by its nearest entry's size, as a local outlier factor does: normal patterns that vary a
+    lot (edges, stripes) no longer outscore a faint defect on a smooth surface (synthetic mean image AUROC
+    0.895 -> 0.927 in ``memstream bench anomaly``; MVTec transistor 0.56 -> 1.0). Other images only,
+    because a patch of a new image is never from a training image: on a flat surface an entry's nearest
+    neighbours are its own image's neighbouring offsets, and their distance (sensor noise) is far below the
+    next image's (the surface's colour jitter), so every new image's flat surface looked anomalous (synthetic
+    board 0.938 -> 0.960)."""
     k = model.cfg.density_k
     if not k:
         return
-    model.bank_scale.fill_(1.0)
-    bank = model.bank[model.bank_valid]
-    if sources is not None and len(sources) != len(bank):
-        raise ValueError(f"fit_bank_scale: {len(sources)} sources for {len(bank)} bank entries")
-    if len(bank) <= k or (sources is not None and int(sources.unique().numel()) < 2):
+    memory = model.banks[bank]
+    memory.scale.fill_(1.0)
+    entries = memory.entries[memory.valid]
+    if sources is not None and len(sources) != len(entries):
+        raise ValueError(f"fit_bank_scale: {len(sources)} sources for {len(entries)} bank entries")
+    if len(entries) <= k or (sources is not None and int(sources.unique().numel()) < 2):
         return
-    b2 = bank.pow(2).sum(-1)
+    b2 = entries.pow(2).sum(-1)
     radius = []
-    for i in range(0, len(bank), chunk):
-        d2 = torch.addmm(b2, bank[i:i + chunk], bank.t(), alpha=-2.0) + b2[i:i + chunk, None]
+    for i in range(0, len(entries), chunk):
+        d2 = torch.addmm(b2, entries[i:i + chunk], entries.t(), alpha=-2.0) + b2[i:i + chunk, None]
         if sources is None:  # the entry itself is its own first neighbour
-            d2 = d2.scatter(1, torch.arange(i, min(i + chunk, len(bank))).unsqueeze(1), float("inf"))
+            d2 = d2.scatter(1, torch.arange(i, min(i + chunk, len(entries))).unsqueeze(1), float("inf"))
         else:
             d2 = d2.masked_fill(sources[i:i + chunk, None] == sources[None, :], float("inf"))
-        kth = d2.topk(min(k, len(bank) - 1), dim=-1, largest=False).values[:, -1]
+        kth = d2.topk(min(k, len(entries) - 1), dim=-1, largest=False).values[:, -1]
         radius.append(torch.where(torch.isfinite(kth), kth, d2.new_tensor(float("nan"))))
     radius = torch.cat(radius).clamp(min=0.0).sqrt()
     radius = torch.where(radius.isnan(), radius.nanmedian(), radius)  # fewer than k entries from other images
     soft = model.cfg.density_soft * radius.median().clamp(min=1e-6)
-    model.bank_scale[model.bank_valid] = radius + soft
+    memory.scale[memory.valid] = radius + soft
 
 
 @torch.no_grad()

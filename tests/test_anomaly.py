@@ -80,15 +80,22 @@ def test_maps_bank_and_fit():
     model = tiny()
     normal = frames(12).numpy()
     summary = fit_normality(model, normal, holdout=0.25)
-    assert summary["bank"] == 64 and int(model.bank_valid.sum()) == 64 and summary["holdout_images"] == 3
-    proj = model.bank_proj  # the bank's space: principal components of the normal patch features
-    assert model.bank.shape == (64, 24) and torch.allclose(proj.t() @ proj, torch.eye(24), atol=1e-4)
+    bank = model.banks[0]
+    assert summary["bank"] == 64 and int(bank.valid.sum()) == 64 and summary["holdout_images"] == 3
+    assert [(b["patch"], b["entries"]) for b in summary["banks"]] == [(4, 64), (6, 64)]  # one bank per patch size
+    for b in model.banks:  # the bank's space: principal components of the normal patch features
+        assert b.entries.shape == (64, 24) and torch.allclose(b.proj.t() @ b.proj, torch.eye(24), atol=1e-4)
     with torch.no_grad():
         amap, score, _ = model.spatial(torch.from_numpy(normal[:2]))
         # a bank member's patch features are at distance 0 from the bank
-        feats = model.bank_space(model.features(torch.from_numpy(normal[3:4]))[0])
-        assert float(torch.cdist(feats[:1], model.bank[model.bank_valid]).min()) < float(
-            torch.cdist(feats, model.bank[model.bank_valid]).min(1).values.max()) + 1e-6
+        feats = bank.space(model.features(torch.from_numpy(normal[3:4]))[0])
+        assert float(torch.cdist(feats[:1], bank.entries[bank.valid]).min()) < float(
+            torch.cdist(feats, bank.entries[bank.valid]).min(1).values.max()) + 1e-6
+        # the features map: the mean of each bank's map, each upsampled from its own grid
+        grids = model.grid_features(torch.from_numpy(normal[:2]))
+        assert [g.shape[1] for g in grids] == [49, 36]
+        each = [model._upsample(b.distance(g), m) for b, g, m in zip(model.banks, grids, (2, 4), strict=True)]
+        assert torch.allclose(model.feature_map(grids), (each[0] + each[1]) / 2)
     assert amap.shape == (2, 32, 32) and torch.allclose(score, amap.flatten(1).amax(1))
     x = torch.randn(100, 8)
     picked = coreset(x, 10)
@@ -117,17 +124,18 @@ def test_pixel_features_ignore_lighting_and_hold_every_offset():
     assert float((a - c).abs().max()) > 0.1  # the luminance alone leaves the cast
 
     # a shift leaves unnormalised patches alone
-    model = tiny(light_sigma=0.0, colour_balance=False, bank_size=4096, position_dims=0)
+    model = tiny(light_sigma=0.0, colour_balance=False, bank_size=4096, position_dims=0, pixel_patch=4)
+    bank = model.banks[0]
     fit_normality(model, np.repeat(texture[:, :32, :32], 3, axis=0), holdout=0.5)  # one image in the bank
-    assert int(model.bank_valid.sum()) == 13 * 13  # 4x4 patches at every offset of the 16x16 pooled image
+    assert int(bank.valid.sum()) == 13 * 13  # 4x4 patches at every offset of the 16x16 pooled image
     with torch.no_grad():
         shifted = model.features(torch.from_numpy(texture[:, 2:, 2:]))[0].view(7, 7, -1)  # 1 pooled pixel
-        overlap = model.bank_space(shifted[:6, :6].reshape(36, -1))
-        dist = torch.cdist(overlap, model.bank[model.bank_valid]).amin(1)
+        overlap = bank.space(shifted[:6, :6].reshape(36, -1))
+        dist = torch.cdist(overlap, bank.entries[bank.valid]).amin(1)
         assert float(dist.max()) < 0.01  # every cell of the overlap is on the bank (cdist rounding: 1e-3)
-        on_grid = model.bank_space(model.features(torch.from_numpy(texture[:, :32, :32]))[0])  # a grid-cell bank
+        on_grid = bank.space(model.features(torch.from_numpy(texture[:, :32, :32]))[0])  # a grid-cell bank
         assert float(torch.cdist(overlap, on_grid).amin(1).max()) > 0.1
-        raw = model.feature_map(shifted.view(1, 49, -1))
+        raw = model.feature_map([shifted.view(1, 49, -1)])
     assert torch.equal(raw[:, :2], raw[:, 2:3].expand(-1, 2, -1)) and torch.equal(raw[:, :, -2:],
                                                                                     raw[:, :, -3:-2].expand(-1, -1, 2))
 
@@ -140,31 +148,32 @@ def test_feature_map_in_units_of_the_nearest_entrys_spread(monkeypatch):
     from memstream.pipelines.anomaly import fit_bank_scale, fit_normality
 
     monkeypatch.setattr(anomaly_model, "BANK_CHUNK", 1024)  # the search's chunks meet in the middle of the bank
-    model = tiny(bank_size=4096)
+    model = tiny(bank_size=4096, pixel_patch=4)
     fit_normality(model, frames(40).numpy())
-    bank = model.bank[model.bank_valid]
+    memory = model.banks[0]
+    bank = memory.entries[memory.valid]
     assert len(bank) > 2048
     d = torch.cdist(bank.double(), bank.double())
     sources = torch.arange(len(bank)) % 7  # seven "images"
     fit_bank_scale(model, sources, chunk=1000)  # chunks that do not divide the bank
     radius = d.masked_fill(sources[:, None] == sources[None, :], float("inf")).topk(5, largest=False).values[:, 4]
-    assert torch.allclose(model.bank_scale[model.bank_valid].double(), radius + 0.5 * radius.median(), rtol=1e-3,
+    assert torch.allclose(memory.scale[memory.valid].double(), radius + 0.5 * radius.median(), rtol=1e-3,
                           atol=1e-3)
     fit_bank_scale(model)  # no sources: any other entry (density_k = 5, itself excluded)
-    scale = model.bank_scale[model.bank_valid]
+    scale = memory.scale[memory.valid]
     radius = d.topk(6, dim=-1, largest=False).values[:, 5]
     assert torch.allclose(scale.double(), radius + 0.5 * radius.median(), rtol=1e-3, atol=1e-3)
     feats = model.features(frames(2, 7))
     with torch.no_grad():
-        got = model.feature_map(feats)
-    q = model.bank_space(feats).flatten(0, 1).double()
+        got = model.feature_map([feats])
+    q = memory.space(feats).flatten(0, 1).double()
     dist, nearest = torch.cdist(q, bank.double()).min(-1)
     want = model._upsample((dist / scale.double()[nearest]).float().view(2, -1), model.cfg.feature_margin)
     assert torch.allclose(got, want, rtol=1e-3, atol=1e-3)
-    plain = tiny(bank_size=4096, density_k=0)
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "bank_scale"})
+    plain = tiny(bank_size=4096, density_k=0, pixel_patch=4)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "banks.0.scale"})
     with torch.no_grad():
-        assert torch.allclose(plain.feature_map(feats), model._upsample(dist.float().view(2, -1), 2), atol=1e-3)
+        assert torch.allclose(plain.feature_map([feats]), model._upsample(dist.float().view(2, -1), 2), atol=1e-3)
 
 
 def test_bank_candidates_are_bounded(monkeypatch):
@@ -181,7 +190,8 @@ def test_feature_config_errors_and_old_checkpoints():
     for bad, match in (({"pixel_patch": 3}, "pixel_patch"), ({"light_sigma": 0.5}, "light_sigma"),
                        ({"features_from": "vgg"}, "features_from"), ({"bank_pick": "kmeans"}, "bank_pick"),
                        ({"pixel_pool": 3}, "pixel_pool"), ({"position_dims": 64}, "position_dims"),
-                       ({"density_soft": 0.0}, "density_soft"), ({"bank_dims": 49}, "bank_dims")):
+                       ({"density_soft": 0.0}, "density_soft"), ({"bank_dims": 49}, "bank_dims"),
+                       ({"pixel_patch": (4, 4)}, "pixel_patch"), ({"pixel_patch": 16}, "pixel_patch")):
         with pytest.raises(ValueError, match=match):
             tiny(**bad)
     new = ("features_from", "bank_pick", "bank_dims", "density_k", "colour_balance")
@@ -189,6 +199,16 @@ def test_feature_config_errors_and_old_checkpoints():
     cfg = AnomalyConfig.from_dict(old)  # saved before the pixel features: it keeps the encoder's and the coreset
     assert cfg.features_from == "encoder" and cfg.bank_pick == "coreset" and cfg.feature_grid == cfg.grid
     assert cfg.bank_dims == 0 and cfg.density_k == 0 and not cfg.colour_balance
+    one = AnomalyConfig.from_dict({**tiny().cfg.to_dict(), "pixel_patch": 4})  # saved with one patch size
+    assert one.pixel_patch == (4,) and AnomalyConfig.from_dict(one.to_dict()) == one
+    # weights saved before the banks were modules load into the first bank
+    model = tiny(pixel_patch=4)
+    model.banks[0].entries.normal_()
+    renamed = {"banks.0.center": "bank_center", "banks.0.proj": "bank_proj", "banks.0.entries": "bank",
+               "banks.0.valid": "bank_valid", "banks.0.scale": "bank_scale"}
+    fresh = tiny(pixel_patch=4)
+    fresh.load_state_dict({renamed.get(k, k): v for k, v in model.state_dict().items()})
+    assert torch.equal(fresh.banks[0].entries, model.banks[0].entries)
 
 
 def _aligned(n: int, seed: int) -> np.ndarray:
