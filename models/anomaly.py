@@ -14,18 +14,20 @@ Trained on normal images (or footage) only. An image is cut into ``patch`` x ``p
   complementary masks (every patch hidden exactly once); ``features``: the distance of each patch's feature
   to its nearest neighbour in a **memory bank of normal patch features** (PatchCore; ``bank_size`` entries, a
   fixed-capacity buffer with a validity mask). The patch features (``features_from``) are by default the
-  pixels themselves (``pixels``): the image divided by its smooth luminance (``light_sigma``: each image's
-  gain and lighting gradient cancel, a stain's colour stays), average-pooled by ``pixel_pool``, in
-  ``pixel_patch`` x ``pixel_patch`` patches every ``pixel_stride`` pooled pixels; the bank holds a random
-  ``bank_size`` of the normal patches taken at *every* offset, so a texture's phase or an object's pose
-  need not match a training image's grid. A distance is in units of its nearest entry's own spread (its
-  distance to its ``density_k``-th neighbour, softened by ``density_soft`` x their median: a local outlier
-  factor), so normal patterns that vary a lot (edges, stripes) no longer outscore a faint defect on a smooth
-  surface. ``encoder`` takes the encoder's (level ``feature_level``: 0 the
-  patch embeddings, k the output of block k) on the token grid, the bank a greedy coreset (``bank_pick``).
+  pixels themselves (``pixels``): the image colour-balanced (``colour_balance``, grey world: each image's
+  colour cast cancels) and divided by its smooth luminance (``light_sigma``: each image's gain and lighting
+  gradient cancel, a stain's colour stays), average-pooled by ``pixel_pool``, in patches every
+  ``pixel_stride`` pooled pixels, one bank per patch side in ``pixel_patch`` (4 and 6: thin lines and faint
+  stains; a part's shape and context), the map the mean of theirs. Each bank holds a random ``bank_size`` of
+  the normal patches taken at *every* offset, so a texture's phase or an object's pose need not match a
+  training image's grid. A distance is in units of its nearest entry's own spread (its distance to its
+  ``density_k``-th neighbour from another training image, softened by ``density_soft`` x their median: a
+  local outlier factor), so normal patterns that vary a lot (edges, stripes) no longer outscore a faint
+  defect on a smooth surface. ``encoder`` takes the encoder's (level ``feature_level``: 0 the patch
+  embeddings, k the output of block k) on the token grid, one bank, a greedy coreset (``bank_pick``).
   Without pretrained weights, 50 normal images do not train features that beat the pixels: synthetic mean
-  image AUROC 0.927 against 0.706 (``memstream bench anomaly``, 2026-11-22; 0.895 without the spread), at
-  a fortieth of the speed (8.7 against 331 images/s at 128x128 on 2 cores: the search is exhaustive);
+  image AUROC 0.954 against 0.706 (``memstream bench anomaly``, 2026-11-22), at about an eightieth of the
+  speed (the search is exhaustive: see the model card);
   ``fused``: their
   sum; ``position``: the Mahalanobis distance of each patch's feature to a Gaussian of the normal features *at
   that patch's position* (PaDiM; features on their ``position_dims`` principal components, covariance
@@ -736,10 +738,11 @@ class AnomalyModel(nn.Module):
 @register_model
 def anomaly_small(**overrides) -> AnomalyModel:
     """128x128 images in 8x8 patches, width 128, 4 encoder blocks with 32 memory slots each, a 2-block decoder
-    reading encoder levels 1 and 3; a 65,536-entry bank of normal pixel-patch features (4x4 patches of the
-    2x-pooled, lighting-normalised image, a 31x31 grid, 48 values each, kept as 24 principal components),
-    distances in units of the nearest entry's spread (k = 5); for video, frames coded as 8x8
-    cells x 8 principal components and a causal width-128 core with a queue of 64 frames (segments of 4)."""
+    reading encoder levels 1 and 3; two 65,536-entry banks of normal pixel-patch features of the 2x-pooled,
+    colour-balanced, lighting-normalised image (4x4 patches on a 31x31 grid, 6x6 on a 30x30 grid, each kept
+    as 24 principal components), distances in units of the nearest entry's spread (k = 5); for video, frames
+    coded as 8x8 cells x 8 principal components and a causal width-128 core with a queue of 64 frames
+    (segments of 4)."""
     temporal = CoreConfig(dim=128, heads=4, layers=2, ff_mult=2, segment=4, memory="queue", memory_length=64,
                           causal=True, dropout=0.0)
     core_fields = {f.name for f in dataclasses.fields(CoreConfig)}

@@ -408,6 +408,8 @@ def cli_train(argv: list[str]) -> int:
                         "lighting-normalised pixel patches; encoder: the masked autoencoder's patch embeddings)")
     p.add_argument("--bank-size", type=int, help="entries of the bank of normal patch features")
     p.add_argument("--bank-dims", type=int, help="principal components the bank keeps of each patch feature (0: all)")
+    p.add_argument("--pixel-patch", type=int, nargs="+", help="with pixel features: the patch side of each bank, "
+                                                              "in pooled pixels (default: the preset's, 4 6)")
     p.add_argument("--density-k", type=int, help="distances in units of the nearest bank entry's distance to its "
                                                  "k-th neighbour (0: plain distances)")
     p.add_argument("--temporal-memory", choices=("queue", "none"), help="core memory of the temporal part")
@@ -420,7 +422,7 @@ def cli_train(argv: list[str]) -> int:
     torch.manual_seed(args.seed)
     overrides: dict = {}
     for name in ("image_size", "memory_slots", "addressing", "score", "features_from", "bank_size", "bank_dims",
-                 "density_k"):
+                 "density_k", "pixel_patch"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.temporal_memory:
