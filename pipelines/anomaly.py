@@ -7,10 +7,11 @@
    the normal training videos (:func:`fit_temporal_code`), every frame is coded once (the spatial part is
    frozen), and the core learns, on clips of codes, to predict each frame's change from the frames before it
    (Gaussian negative log-likelihood).
-3. **Normality fit** (:func:`fit_normality`): the memory bank of normal patch features (PatchCore: pixel
-   patches at every offset on their principal components, a random ``bank_size`` of them; or a greedy
-   coreset of the encoder's) from most training images, and the statistics that standardise the scores from
-   the others (held out, so the bank's self-matches do not make normal look too normal).
+3. **Normality fit** (:func:`fit_normality`): the memory banks of normal patch features (PatchCore: one per
+   pixel patch size, patches at every offset on their principal components, a random ``bank_size`` of them,
+   each entry's spread among other images' entries; or a greedy coreset of the encoder's) from most training
+   images, and the statistics that standardise the scores from the others (held out, so the bank's
+   self-matches do not make normal look too normal).
 """
 
 from __future__ import annotations
