@@ -173,13 +173,19 @@ def coreset(features: Tensor, size: int, seed: int = 0) -> Tensor:
 
 @torch.no_grad()
 def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarray] | None = None,
-                  holdout: float = 0.2, batch: int = 16, seed: int = 0) -> dict:
-    """Fill the feature bank and the score statistics from normal data (see the module docstring)."""
+                  holdout: float = 0.2, batch: int = 16, seed: int = 0, groups: np.ndarray | None = None) -> dict:
+    """Fill the feature banks and the score statistics from normal data (see the module docstring).
+    ``groups``: (len(images),) the recording each image comes from (frames of one video are near duplicates:
+    a bank entry's spread is measured against other recordings' entries); default: every image its own."""
     model.eval()
+    groups = np.arange(len(images)) if groups is None else np.asarray(groups)
+    if groups.shape != (len(images),):
+        raise ValueError(f"fit_normality: groups has shape {groups.shape}, want ({len(images)},): one per image")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(images))
     n_out = max(1, int(round(len(images) * holdout))) if len(images) > 2 else 0
     held, bank_images = images[order[:n_out]], images[order[n_out:]]
+    bank_groups = torch.from_numpy(np.unique(groups, return_inverse=True)[1][order[n_out:]])
     per_image = max(1, MAX_PATCHES // max(1, len(bank_images)))  # bounds the memory of long videos' frames
     pick = torch.Generator().manual_seed(seed)
     nb = len(model.banks)
@@ -193,7 +199,7 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
             if f.shape[1] > per_image:
                 f = f[:, torch.randperm(f.shape[1], generator=pick)[:per_image]]
             chunks[j].append(f.flatten(0, 1))
-            sources[j].append(torch.arange(i, i + f.shape[0]).repeat_interleave(f.shape[1]))
+            sources[j].append(bank_groups[i:i + f.shape[0]].repeat_interleave(f.shape[1]))
     banks = [_fill_bank(model, j, torch.cat(chunks[j]), torch.cat(sources[j]), seed) for j in range(nb)]
     if model.cfg.position_dims:
         fit_positions(model, torch.cat(grids))  # (n, N, D)
@@ -277,8 +283,10 @@ def fit_bank_scale(model: AnomalyModel, sources: Tensor | None = None, chunk: in
     entries = memory.entries[memory.valid]
     if sources is not None and len(sources) != len(entries):
         raise ValueError(f"fit_bank_scale: {len(sources)} sources for {len(entries)} bank entries")
-    if len(entries) <= k or (sources is not None and int(sources.unique().numel()) < 2):
+    if len(entries) <= k:
         return
+    if sources is not None and int(sources.unique().numel()) < 2:
+        sources = None  # one recording: its own entries are all there is
     b2 = entries.pow(2).sum(-1)
     radius = []
     for i in range(0, len(entries), chunk):
@@ -325,9 +333,10 @@ def fit_positions(model: AnomalyModel, feats: Tensor) -> None:
 def train_anomaly(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarray], out: str | Path, *,
                   steps: int, temporal_steps: int = 0, batch: int = 16, lr: float = 1e-3, threads: int = 0,
                   seed: int = 0, log_every: int = 50, extra: dict | None = None, spatial: bool = True,
-                  float_dtype: torch.dtype | None = None) -> dict:
+                  float_dtype: torch.dtype | None = None, groups: np.ndarray | None = None) -> dict:
     """The whole recipe (masked autoencoder, temporal memory, normality fit) into checkpoint folder ``out``.
-    ``spatial=False`` keeps the model's spatial weights and trains only the temporal part."""
+    ``spatial=False`` keeps the model's spatial weights and trains only the temporal part. ``groups``: the
+    recording of each image (see :func:`fit_normality`)."""
     from memstream.pipelines.train import TrainConfig, train
 
     out = Path(out)
@@ -350,14 +359,15 @@ def train_anomaly(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
                                     out / "temporal", resume=False)
         for param in model.parameters():
             param.requires_grad_(True)
-    summary["normality"] = fit_normality(model, images, videos)
+    summary["normality"] = fit_normality(model, images, videos, groups=groups)
     save_checkpoint(out, model, {"model": "anomaly", "config": model.cfg.to_dict(), **extra,
                                  "normality": summary["normality"]}, float_dtype=float_dtype)
     return summary
 
 
-def _training_images(args, size: int) -> tuple[np.ndarray, list[np.ndarray], str]:
-    """-> (normal images, normal videos (maybe empty), a description of the data)."""
+def _training_images(args, size: int) -> tuple[np.ndarray, list[np.ndarray], str, np.ndarray | None]:
+    """-> (normal images, normal videos (maybe empty), a description of the data, the video of each image
+    (None: images are independent))."""
     from memstream.pipelines.anomaly_data import find_categories, read_mvtec
 
     data = Path(args.data)
@@ -369,7 +379,8 @@ def _training_images(args, size: int) -> tuple[np.ndarray, list[np.ndarray], str
             raise FileNotFoundError(f"{folder}: no .mp4 training videos")
         videos = [read_video_frames(f, size) for f in files]
         frames = np.concatenate([v[:: args.frame_stride] for v in videos])
-        return frames, videos, f"{len(files)} normal videos in {folder}"
+        groups = np.concatenate([np.full(len(v[:: args.frame_stride]), i) for i, v in enumerate(videos)])
+        return frames, videos, f"{len(files)} normal videos in {folder}", groups
     categories = find_categories(data)
     if args.category:
         categories = [c for c in categories if c.name == args.category]
@@ -380,7 +391,7 @@ def _training_images(args, size: int) -> tuple[np.ndarray, list[np.ndarray], str
                          "pick one with --category")
     dataset = read_mvtec(categories[0])
     return load_images([s.path for s in dataset.train], size), [], f"{len(dataset.train)} normal images of " \
-        f"{categories[0]}"
+        f"{categories[0]}", None
 
 
 def cli_train(argv: list[str]) -> int:
@@ -431,12 +442,12 @@ def cli_train(argv: list[str]) -> int:
     if not args.video:
         overrides["no_temporal"] = True
     model = build(args.preset, **overrides)
-    images, videos, described = _training_images(args, model.cfg.image_size)
+    images, videos, described, groups = _training_images(args, model.cfg.image_size)
     command = "memstream train anomaly " + " ".join(argv)
     extra = {"preset": args.preset, "command": command, "data": str(Path(args.data).resolve()), "trained_on": described}
     summary = train_anomaly(model, images, videos, args.out, steps=args.steps, temporal_steps=args.temporal_steps,
                             batch=args.batch, lr=args.lr, threads=args.threads, seed=args.seed,
-                            log_every=args.log_every, extra=extra,
+                            log_every=args.log_every, extra=extra, groups=groups,
                             float_dtype=torch.float16 if args.half else None)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk in ("steps", "seconds", "final_loss")}

@@ -176,6 +176,24 @@ def test_feature_map_in_units_of_the_nearest_entrys_spread(monkeypatch):
         assert torch.allclose(plain.feature_map([feats]), model._upsample(dist.float().view(2, -1), 2), atol=1e-3)
 
 
+def test_spread_is_measured_against_other_recordings():
+    """Frames of one recording are near duplicates: with ``groups``, an entry's spread skips its own recording's
+    entries (here exact copies), so it is the distance to another recording; without, the copies make it 0."""
+    from memstream.pipelines.anomaly import fit_normality
+
+    copies = np.repeat(frames(5).numpy(), 3, axis=0)  # 5 recordings of 3 identical frames
+    spreads = []
+    for groups in (None, np.repeat(np.arange(5), 3)):
+        model = tiny(bank_size=4096, density_k=2, pixel_patch=4)
+        fit_normality(model, copies, holdout=0.1, groups=groups)
+        bank = model.banks[0]
+        spreads.append(bank.scale[bank.valid])
+    plain, grouped = spreads
+    assert float(plain.median()) < 0.01 < 0.1 < float(grouped.min())  # copies at 0 (float rounding), others not
+    with pytest.raises(ValueError, match="groups"):
+        fit_normality(tiny(), copies, groups=np.zeros(3))
+
+
 def test_bank_candidates_are_bounded(monkeypatch):
     import memstream.pipelines.anomaly as anomaly
 
