@@ -13,7 +13,9 @@ from memstream.pipelines.anomaly_data import find_categories, read_mvtec
 from memstream.pipelines.synth_defects import (
     CATEGORIES,
     EVENTS,
+    STAIN_COLOURS,
     VERSION,
+    _stain,
     cli_synth_defects,
     generate,
     image_tasks,
@@ -99,6 +101,35 @@ def test_defects_range_from_obvious_to_subtle_and_normal_images_vary():
         # image scores normal pixels high as well).
         assert np.abs(normal - normal.mean(0)).mean() > 10, category
     assert min(strength) < 12 and max(strength) > 50 and np.median(strength) > 12
+
+
+def test_every_defect_changes_its_pixels_beyond_the_sensor_noise():
+    """A subtle defect is still a visible one: the mean change within its mask is above the sensor noise (sigma
+    2-4 grey levels). Version 2 drew stains whose colour matched the surface (a brown stain on brown wood): their
+    pixels changed by 1.6-2.5 levels on average, a label no method could find."""
+    for category, (_, defects) in CATEGORIES.items():
+        for defect in defects:
+            for seed in range(900_000, 900_012):
+                img, mask = render_image(category, seed, 64, defect)
+                twin, _ = render_image(category, seed, 64, None)
+                change = np.abs(img.astype(float) - twin).max(-1)[mask > 0].mean()
+                assert change > 4.0, (category, defect, seed, change)
+
+
+@pytest.mark.parametrize("contrast", [0.15, 0.4, 1.0])
+def test_a_stain_the_colour_of_its_surface_still_shows(contrast):
+    """The surface has a palette colour (the drawn one may match it): the stain's core still changes it by
+    contrast x 60 grey levels. Every palette colour lies >= 80 levels (in its farthest channel) from another, so
+    at an opacity of at most 0.95 a core change of 40 is always reachable."""
+    for k, colour in enumerate(STAIN_COLOURS):
+        img = np.tile(np.asarray(colour, np.float32), (128, 128, 1))
+        before = img.copy()
+        inside = np.ones((128, 128), bool)
+        hit = _stain(np.random.default_rng(k), img, inside, inside, contrast)
+        change = np.abs(img - before).max(-1)
+        core = change >= 0.5 * change.max()  # where the opacity is at least half its peak
+        assert hit.any() and not change[~hit].any()
+        assert change[core].mean() >= min(contrast * 60.0, 40.0) - 0.5, (k, contrast, change[core].mean())
 
 
 def test_board_missing_and_misplaced_parts():
