@@ -341,12 +341,10 @@ def _stain(rng, img, inside, start, contrast):
     # farthest palette colour if the drawn one is too close, then a higher opacity (at most 0.95).
     if alpha.max() > 0:
         core = alpha >= 0.5 * alpha.max()
-        surface = img[core].mean(0)
-        target = contrast * 60.0
-        if np.abs(colour - surface).max() * alpha[core].mean() < target:
-            far = max(STAIN_COLOURS, key=lambda c: np.abs(np.asarray(c, np.float32) - surface).max())
-            colour = np.asarray(far, np.float32)
-            change = np.abs(colour - surface).max() * alpha[core].mean()
+        surface, opacity, target = img[core].mean(0), alpha[core].mean(), contrast * 60.0
+        if np.abs(colour - surface).max() * opacity < target:
+            colour = max((np.asarray(c, np.float32) for c in STAIN_COLOURS), key=lambda c: np.abs(c - surface).max())
+            change = np.abs(colour - surface).max() * opacity
             alpha = alpha * min(target / max(change, 1e-6), 0.95 / alpha.max())
     img[:] = img * (1 - alpha[..., None]) + colour * alpha[..., None]
     return alpha > 0
