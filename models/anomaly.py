@@ -105,7 +105,7 @@ class AnomalyConfig:
     score_masks: int = 4
     feature_level: int = 0
     features_from: str = "pixels"
-    pixel_pool: int = 2
+    pixel_pool: tuple[int, ...] = (2,)
     pixel_patch: tuple[int, ...] = (4, 6)
     pixel_stride: int = 2
     light_sigma: float = 0.125
@@ -124,8 +124,12 @@ class AnomalyConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decoder_levels", tuple(self.decoder_levels))
-        sizes = self.pixel_patch
+        sizes, pools = self.pixel_patch, self.pixel_pool
         object.__setattr__(self, "pixel_patch", (sizes,) if isinstance(sizes, int) else tuple(sizes))
+        pools = (pools,) if isinstance(pools, int) else tuple(pools)
+        if len(set(pools)) == 1:  # one factor for every bank (also after replace(pixel_patch=...))
+            pools = pools[:1] * len(self.pixel_patch)
+        object.__setattr__(self, "pixel_pool", pools)
 
         need = requirement("AnomalyConfig")
 
@@ -139,14 +143,16 @@ class AnomalyConfig:
         need(self.features_from in ("pixels", "encoder"),
              f"features_from={self.features_from!r} must be 'pixels' or 'encoder'")
         if self.features_from == "pixels":
-            pooled = self.image_size // max(self.pixel_pool, 1)
-            need(self.pixel_pool >= 1 and self.image_size % self.pixel_pool == 0,
-                 f"pixel_pool={self.pixel_pool} must be >= 1 and divide image_size={self.image_size}")
-            need(self.pixel_stride >= 1 and pooled % self.pixel_stride == 0,
-                 f"pixel_stride={self.pixel_stride} must be >= 1 and divide the pooled size {pooled}")
-            need(len(self.pixel_patch) >= 1 and len(set(self.pixel_patch)) == len(self.pixel_patch),
-                 f"pixel_patch={self.pixel_patch} must name one or more different patch sizes")
-            for p in self.pixel_patch:
+            banks = list(zip(self.pixel_patch, self.pixel_pool, strict=False))
+            need(len(self.pixel_patch) >= 1 and len(set(banks)) == len(banks) == len(self.pixel_pool),
+                 f"pixel_patch={self.pixel_patch} and pixel_pool={self.pixel_pool} must name one or more banks, "
+                 "each a different (patch, pool) pair (pixel_pool: one factor for all or one per patch size)")
+            need(self.pixel_stride >= 1, f"pixel_stride={self.pixel_stride} must be >= 1")
+            for p, q in banks:
+                pooled = self.image_size // max(q, 1)
+                need(q >= 1 and self.image_size % q == 0 and pooled % self.pixel_stride == 0,
+                     f"pixel_pool={q} must be >= 1 and divide image_size={self.image_size} into a size that "
+                     f"pixel_stride={self.pixel_stride} divides")
                 need(self.pixel_stride <= p < pooled and (p - self.pixel_stride) % 2 == 0
                      and (pooled - p) % self.pixel_stride == 0,
                      f"pixel_patch={p} must be pixel_stride={self.pixel_stride} plus an even amount and tile the "
@@ -162,7 +168,7 @@ class AnomalyConfig:
         need(self.bank_pick in ("random", "coreset"), f"bank_pick={self.bank_pick!r} must be 'random' or 'coreset'")
         need(self.density_k >= 0 and self.density_soft > 0, f"density_k={self.density_k} must be >= 0 (0: plain "
              f"distances) and density_soft={self.density_soft} > 0")
-        smallest = min(self.patch_dim(p) for p in self.patch_sizes)
+        smallest = min(self.patch_dim(i) for i in range(len(self.patch_sizes)))
         need(0 <= self.bank_dims <= smallest, f"bank_dims={self.bank_dims} must be in 0..{smallest} "
              "(the patch features' size; 0: the bank holds them whole)")
         need(0 <= self.position_dims <= self.feature_dim,
@@ -188,32 +194,39 @@ class AnomalyConfig:
         """One per bank: the side of its pixel patches (pooled pixels); 0: the encoder's patch embeddings."""
         return self.pixel_patch if self.features_from == "pixels" else (0,)
 
-    def patch_grid(self, size: int) -> int:
-        """Side of the map's grid of patch features of the given size (see ``patch_sizes``)."""
-        if not size:
-            return self.grid
-        return (self.image_size // self.pixel_pool - size) // self.pixel_stride + 1
+    @property
+    def patch_pools(self) -> tuple[int, ...]:
+        """One per bank: the factor its image is average-pooled by before the patches are cut (1: none)."""
+        return self.pixel_pool if self.features_from == "pixels" else (1,)
 
-    def patch_margin(self, size: int) -> int:
-        """Image pixels along each border that no cell's centre covers (pixel patches lie inside the image: a
-        zero-padded border patch has few look-alikes in the bank and would be scored as anomalous)."""
-        return (size - self.pixel_stride) // 2 * self.pixel_pool if size else 0
+    def patch_grid(self, bank: int) -> int:
+        """Side of the map's grid of bank ``bank``'s patch features."""
+        size, pool = self.patch_sizes[bank], self.patch_pools[bank]
+        return (self.image_size // pool - size) // self.pixel_stride + 1 if size else self.grid
 
-    def patch_dim(self, size: int) -> int:
+    def patch_margin(self, bank: int) -> int:
+        """Image pixels along each border that no cell's centre of bank ``bank`` covers (pixel patches lie
+        inside the image: a zero-padded border patch has few look-alikes in the bank and would be scored as
+        anomalous)."""
+        size, pool = self.patch_sizes[bank], self.patch_pools[bank]
+        return (size - self.pixel_stride) // 2 * pool if size else 0
+
+    def patch_dim(self, bank: int) -> int:
+        size = self.patch_sizes[bank]
         return 3 * size * size if size else self.dim
 
     @property
     def feature_grid(self) -> int:
         """Side of the grid of the first bank's patch features (also the position Gaussians')."""
-        return self.patch_grid(self.patch_sizes[0])
+        return self.patch_grid(0)
 
     @property
     def feature_margin(self) -> int:
-        return self.patch_margin(self.patch_sizes[0])
+        return self.patch_margin(0)
 
     @property
     def feature_dim(self) -> int:
-        return self.patch_dim(self.patch_sizes[0])
+        return self.patch_dim(0)
 
     @property
     def temporal_width(self) -> int:
@@ -236,6 +249,7 @@ class AnomalyConfig:
         d = dataclasses.asdict(self)
         d["decoder_levels"] = list(self.decoder_levels)
         d["pixel_patch"] = list(self.pixel_patch)
+        d["pixel_pool"] = list(self.pixel_pool)
         d["temporal"] = self.temporal.to_dict() if self.temporal is not None else None
         return d
 
@@ -319,12 +333,13 @@ class _MemAE(nn.Module):
 class _PatchBank(nn.Module):
     """A memory of normal patch features (PatchCore) and the search in it: ``size`` entries (a fixed-capacity
     buffer with a validity mask) on the features' ``dims`` principal components (0: whole), each with its
-    neighbourhood size when ``density``. ``patch`` > 0: the bank of ``patch`` x ``patch`` pixel patches,
-    which it cuts out itself; 0: features given whole (the encoder's patch embeddings)."""
+    neighbourhood size when ``density``. ``patch`` > 0: the bank of ``patch`` x ``patch`` pixel patches of the
+    image average-pooled by ``pool``, which it cuts out itself; 0: features given whole (the encoder's patch
+    embeddings)."""
 
-    def __init__(self, feature_dim: int, size: int, dims: int, density: bool, patch: int = 0) -> None:
+    def __init__(self, feature_dim: int, size: int, dims: int, density: bool, patch: int = 0, pool: int = 1) -> None:
         super().__init__()
-        self.dims, self.density, self.patch = dims, density, patch
+        self.dims, self.density, self.patch, self.pool = dims, density, patch, pool
         if patch:  # a convolution that copies each patch's pixels out: an exportable im2col
             c = 3 * patch * patch
             self.register_buffer("kernel", torch.eye(c).view(c, 3, patch, patch), persistent=False)
@@ -338,7 +353,10 @@ class _PatchBank(nn.Module):
             self.register_buffer("scale", torch.ones(size))  # each entry's neighbourhood size
 
     def cut(self, image: Tensor, stride: int) -> Tensor:
-        """(F, 3, h, w) normalised image -> (F, M, 3*p*p) its patches centred on a grid of the given stride."""
+        """(F, 3, H, W) normalised image -> (F, M, 3*p*p) the patches of the image pooled by ``pool``, centred on
+        a grid of the given stride (in pooled pixels)."""
+        if self.pool > 1:
+            image = F.avg_pool2d(image, self.pool)  # also averages the sensor noise
         return F.conv2d(image, self.kernel, stride=stride).flatten(2).transpose(1, 2)
 
     def space(self, feats: Tensor) -> Tensor:
@@ -421,8 +439,8 @@ class AnomalyModel(nn.Module):
             sigma = cfg.light_sigma * cfg.image_size
             self.register_buffer("light_blur", _gaussian_kernel(sigma) if cfg.light_sigma else
                                  torch.ones(1, 1, 1), persistent=False)
-        self.banks = nn.ModuleList(_PatchBank(cfg.patch_dim(p), cfg.bank_size, cfg.bank_dims, cfg.density_k > 0, p)
-                                   for p in cfg.patch_sizes)
+        self.banks = nn.ModuleList(_PatchBank(cfg.patch_dim(i), cfg.bank_size, cfg.bank_dims, cfg.density_k > 0, p, q)
+                                   for i, (p, q) in enumerate(zip(cfg.patch_sizes, cfg.patch_pools, strict=True)))
         self.register_load_state_dict_pre_hook(_rename_old_bank_keys)
         # fitted on normal training data (memstream.pipelines.anomaly.fit_normality): saved with the weights
         self.register_buffer("stats", torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))  # rec, feature, temporal mu/sd
@@ -534,8 +552,8 @@ class AnomalyModel(nn.Module):
         return self.grid_features(frames)
 
     def pixel_image(self, frames: Tensor) -> Tensor:
-        """(F, H, W, 3) uint8 -> (F, 3, H/q, W/q) the colour-balanced, lighting-normalised image, average-pooled
-        by q = ``pixel_pool``: what the pixel patches are cut from. The features carry no learned weights:
+        """(F, H, W, 3) uint8 -> (F, 3, H, W) the colour-balanced, lighting-normalised image: what each bank
+        pools (by its ``pixel_pool``) and cuts its pixel patches from. The features carry no learned weights:
         fifty normal images cannot train a backbone that beats the pixels themselves (in ``memstream bench
         anomaly``, the encoder's patch embeddings gave synthetic image AUROC 0.71 against these 0.9+)."""
         cfg = self.cfg
@@ -548,7 +566,7 @@ class AnomalyModel(nn.Module):
             # Each image has its own gain and a gradient (MVTec's and any camera's lighting drift): divide by
             # the smooth luminance, which keeps a stain's colour but not the light on it.
             x = x / self._smooth(x.mean(1), self.light_blur).unsqueeze(1).clamp(min=1e-3)
-        return F.avg_pool2d(x, cfg.pixel_pool) if cfg.pixel_pool > 1 else x  # also averages the sensor noise
+        return x
 
     # -- maps ----------------------------------------------------------------------------------------
     def _smooth(self, m: Tensor, kernel: Tensor | None = None) -> Tensor:
@@ -586,8 +604,8 @@ class AnomalyModel(nn.Module):
         nearest-neighbour distance to each, upsampled (F, H, W). Two patch sizes see different things: the
         small one thin lines and faint stains, the larger one a part's shape and context (a missing corner, a
         component gone); each alone gave synthetic mean image AUROC 0.944 / 0.942, their mean 0.954."""
-        maps = [self._upsample(bank.distance(g), self.cfg.patch_margin(bank.patch))
-                for bank, g in zip(self.banks, grids, strict=True)]
+        maps = [self._upsample(bank.distance(g), self.cfg.patch_margin(i))
+                for i, (bank, g) in enumerate(zip(self.banks, grids, strict=True))]
         return torch.stack(maps).mean(0)
 
     def position_map(self, feats: Tensor) -> Tensor:

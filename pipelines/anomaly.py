@@ -260,7 +260,7 @@ def _fill_bank(model: AnomalyModel, index: int, feats: Tensor, sources: Tensor, 
     bank.valid.zero_()
     bank.valid[: len(picked)] = True
     fit_bank_scale(model, sources[picked], bank=index)
-    return {"patch": bank.patch, "entries": int(len(picked)), "from_patches": candidates}
+    return {"patch": bank.patch, "pool": bank.pool, "entries": int(len(picked)), "from_patches": candidates}
 
 
 @torch.no_grad()
@@ -422,6 +422,8 @@ def cli_train(argv: list[str]) -> int:
     p.add_argument("--bank-dims", type=int, help="principal components the bank keeps of each patch feature (0: all)")
     p.add_argument("--pixel-patch", type=int, nargs="+", help="with pixel features: the patch side of each bank, "
                                                               "in pooled pixels (default: the preset's, 4 6)")
+    p.add_argument("--pixel-pool", type=int, nargs="+", help="with pixel features: the factor each bank's image is "
+                                                             "average-pooled by (one for all, or one per patch size)")
     p.add_argument("--density-k", type=int, help="distances in units of the nearest bank entry's distance to its "
                                                  "k-th neighbour (0: plain distances)")
     p.add_argument("--temporal-memory", choices=("queue", "none"), help="core memory of the temporal part")
@@ -434,7 +436,7 @@ def cli_train(argv: list[str]) -> int:
     torch.manual_seed(args.seed)
     overrides: dict = {}
     for name in ("image_size", "memory_slots", "addressing", "score", "features_from", "bank_size", "bank_dims",
-                 "density_k", "pixel_patch"):
+                 "density_k", "pixel_patch", "pixel_pool"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.temporal_memory:

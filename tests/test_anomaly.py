@@ -176,6 +176,42 @@ def test_feature_map_in_units_of_the_nearest_entrys_spread(monkeypatch):
         assert torch.allclose(plain.feature_map([feats]), model._upsample(dist.float().view(2, -1), 2), atol=1e-3)
 
 
+def test_each_bank_pools_its_own_image():
+    """``pixel_pool`` per patch size: each bank cuts its patches from the image pooled by its own factor, on its
+    own grid and margin; the map is the mean of the banks' maps, each upsampled from its own grid."""
+    import torch.nn.functional as F
+    from memstream.pipelines.anomaly import fit_normality
+
+    model = tiny(bank_size=4096, density_k=0, pixel_patch=(4, 6), pixel_pool=(1, 2))
+    cfg = model.cfg
+    assert cfg.pixel_pool == (1, 2) and [b.pool for b in model.banks] == [1, 2]
+    # 4x4 patches of the 32x32 image every 2 px: 15x15 cells, margin 1; 6x6 of the 16x16 pooled one: 6x6, margin 4
+    assert [cfg.patch_grid(i) for i in range(2)] == [15, 6] and [cfg.patch_margin(i) for i in range(2)] == [1, 4]
+    summary = fit_normality(model, frames(12).numpy())
+    assert [(b["patch"], b["pool"]) for b in summary["banks"]] == [(4, 1), (6, 2)]
+    x = frames(2, 7)
+    image = model.pixel_image(x)
+    assert image.shape == (2, 3, 32, 32)
+    with torch.no_grad():
+        grids = model.grid_features(x)
+        got = model.feature_map(grids)
+    unfold = lambda im, p: F.unfold(im, p, stride=2).transpose(1, 2)  # noqa: E731 - (F, cells, 3*p*p), channel-major
+    assert torch.allclose(grids[0], unfold(image, 4), atol=1e-6)
+    assert torch.allclose(grids[1], unfold(F.avg_pool2d(image, 2), 6), atol=1e-6)
+    want = []
+    for i, (bank, g) in enumerate(zip(model.banks, grids, strict=True)):
+        dist = torch.cdist(bank.space(g).flatten(0, 1).double(), bank.entries[bank.valid].double()).amin(-1)
+        want.append(model._upsample(dist.float().view(2, -1), cfg.patch_margin(i)))
+    assert torch.allclose(got, torch.stack(want).mean(0), rtol=1e-3, atol=1e-3)
+    # one factor for every bank, however it is given; two banks may share a patch size at different factors
+    assert tiny(pixel_pool=1).cfg.pixel_pool == (1, 1) == tiny(pixel_pool=(1, 1)).cfg.pixel_pool
+    assert tiny(pixel_pool=(1, 1)).cfg.replace(pixel_patch=4).pixel_pool == (1,)
+    assert tiny(pixel_patch=(4, 4), pixel_pool=(1, 2)).cfg.patch_grid(1) == 7
+    for bad in ({"pixel_pool": (1, 2, 2)}, {"pixel_patch": (4, 4), "pixel_pool": (2, 2)}):
+        with pytest.raises(ValueError, match="pixel_pool"):
+            tiny(**bad)
+
+
 def test_spread_is_measured_against_other_recordings():
     """Frames of one recording are near duplicates: with ``groups``, an entry's spread skips its own recording's
     entries (here exact copies), so it is the distance to another recording; without, the copies make it 0."""
@@ -217,8 +253,8 @@ def test_feature_config_errors_and_old_checkpoints():
     cfg = AnomalyConfig.from_dict(old)  # saved before the pixel features: it keeps the encoder's and the coreset
     assert cfg.features_from == "encoder" and cfg.bank_pick == "coreset" and cfg.feature_grid == cfg.grid
     assert cfg.bank_dims == 0 and cfg.density_k == 0 and not cfg.colour_balance
-    one = AnomalyConfig.from_dict({**tiny().cfg.to_dict(), "pixel_patch": 4})  # saved with one patch size
-    assert one.pixel_patch == (4,) and AnomalyConfig.from_dict(one.to_dict()) == one
+    one = AnomalyConfig.from_dict({**tiny().cfg.to_dict(), "pixel_patch": 4, "pixel_pool": 2})  # one patch size
+    assert one.pixel_patch == (4,) and one.pixel_pool == (2,) and AnomalyConfig.from_dict(one.to_dict()) == one
     # weights saved before the banks were modules load into the first bank
     model = tiny(pixel_patch=4)
     model.banks[0].entries.normal_()
