@@ -41,7 +41,7 @@ bench: $(STAMP)
 	test -f $(BENCH_TRACKS)/scenes.json || $(BIN)/memstream data synth-tracks --out $(BENCH_TRACKS) \
 		--train 0 --val 0 --test 12 --jobs 2
 	$(BIN)/memstream bench track --data $(BENCH_TRACKS)
-	grep -qs memstream-synth-defects-2 $(BENCH_DEFECTS)/manifest.json || { rm -rf $(BENCH_DEFECTS); \
+	grep -qs memstream-synth-defects-3 $(BENCH_DEFECTS)/manifest.json || { rm -rf $(BENCH_DEFECTS); \
 		$(BIN)/memstream data synth-defects --out $(BENCH_DEFECTS) --jobs 2; }
 	$(BIN)/memstream bench anomaly --data $(BENCH_DEFECTS)
 
