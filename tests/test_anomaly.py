@@ -95,8 +95,7 @@ def test_maps_bank_and_fit():
         grids = model.grid_features(torch.from_numpy(normal[:2]))
         assert [g.shape[1] for g in grids] == [49, 36]
         each = [model._upsample(b.distance(g), m) for b, g, m in zip(model.banks, grids, (2, 4), strict=True)]
-        assert torch.allclose(model.bank_maps(grids), torch.stack(each))
-        assert torch.allclose(model.feature_map(grids), model._smooth((each[0] + each[1]) / 2))
+        assert torch.allclose(model.feature_map(grids), (each[0] + each[1]) / 2)
     assert amap.shape == (2, 32, 32) and torch.allclose(score, amap.flatten(1).amax(1))
     x = torch.randn(100, 8)
     picked = coreset(x, 10)
@@ -136,7 +135,7 @@ def test_pixel_features_ignore_lighting_and_hold_every_offset():
         assert float(dist.max()) < 0.01  # every cell of the overlap is on the bank (cdist rounding: 1e-3)
         on_grid = bank.space(model.features(torch.from_numpy(texture[:, :32, :32]))[0])  # a grid-cell bank
         assert float(torch.cdist(overlap, on_grid).amin(1).max()) > 0.1
-        raw = model.bank_maps([shifted.view(1, 49, -1)])[0]
+        raw = model.feature_map([shifted.view(1, 49, -1)])
     assert torch.equal(raw[:, :2], raw[:, 2:3].expand(-1, 2, -1)) and torch.equal(raw[:, :, -2:],
                                                                                     raw[:, :, -3:-2].expand(-1, -1, 2))
 
@@ -166,7 +165,7 @@ def test_feature_map_in_units_of_the_nearest_entrys_spread(monkeypatch):
     assert torch.allclose(scale.double(), radius + 0.5 * radius.median(), rtol=1e-3, atol=1e-3)
     feats = model.features(frames(2, 7))
     with torch.no_grad():
-        got = model.bank_maps([feats])[0]
+        got = model.feature_map([feats])
     q = memory.space(feats).flatten(0, 1).double()
     dist, nearest = torch.cdist(q, bank.double()).min(-1)
     want = model._upsample((dist / scale.double()[nearest]).float().view(2, -1), model.cfg.feature_margin)
@@ -174,7 +173,7 @@ def test_feature_map_in_units_of_the_nearest_entrys_spread(monkeypatch):
     plain = tiny(bank_size=4096, density_k=0, pixel_patch=4)
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "banks.0.scale"})
     with torch.no_grad():
-        assert torch.allclose(plain.bank_maps([feats])[0], model._upsample(dist.float().view(2, -1), 2), atol=1e-3)
+        assert torch.allclose(plain.feature_map([feats]), model._upsample(dist.float().view(2, -1), 2), atol=1e-3)
 
 
 def test_each_bank_pools_its_own_image():
@@ -203,7 +202,7 @@ def test_each_bank_pools_its_own_image():
     for i, (bank, g) in enumerate(zip(model.banks, grids, strict=True)):
         dist = torch.cdist(bank.space(g).flatten(0, 1).double(), bank.entries[bank.valid].double()).amin(-1)
         want.append(model._upsample(dist.float().view(2, -1), cfg.patch_margin(i)))
-    assert torch.allclose(got, model._smooth(torch.stack(want).mean(0)), rtol=1e-3, atol=1e-3)
+    assert torch.allclose(got, torch.stack(want).mean(0), rtol=1e-3, atol=1e-3)
     # one factor for every bank, however it is given; two banks may share a patch size at different factors
     assert tiny(pixel_pool=1).cfg.pixel_pool == (1, 1) == tiny(pixel_pool=(1, 1)).cfg.pixel_pool
     assert tiny(pixel_pool=(1, 1)).cfg.replace(pixel_patch=4).pixel_pool == (1,)
@@ -211,31 +210,6 @@ def test_each_bank_pools_its_own_image():
     for bad in ({"pixel_pool": (1, 2, 2)}, {"pixel_patch": (4, 4), "pixel_pool": (2, 2)}):
         with pytest.raises(ValueError, match="pixel_pool"):
             tiny(**bad)
-
-
-def test_max_merge_takes_each_banks_map_in_units_of_its_spread():
-    """``bank_merge="max"``: ``fit_normality`` measures each bank's smoothed map on the held-out normal images
-    (there, in its units, mean 0 and sd 1); the features map is the largest of the banks' standardised maps."""
-    from memstream.pipelines.anomaly import fit_normality
-
-    normal = frames(16).numpy()
-    model = tiny(bank_size=4096, pixel_pool=(1, 2), bank_merge="max")
-    summary = fit_normality(model, normal, holdout=0.25)
-    held = torch.from_numpy(normal[np.random.default_rng(0).permutation(16)[:4]])  # fit_normality's hold-out
-    assert [b["map_stats"] for b in summary["banks"]] == [[round(float(v), 6) for v in b.map_stats]
-                                                          for b in model.banks]
-    with torch.no_grad():
-        for m, bank in zip(model.bank_maps(model.grid_features(held)), model.banks, strict=True):
-            z = (model._smooth(m) - bank.map_stats[0]) / bank.map_stats[1]
-            assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1.0) < 1e-3
-        x = frames(2, 9)
-        grids = model.grid_features(x)
-        z = [(model._smooth(m) - b.map_stats[0]) / b.map_stats[1] for m, b in zip(model.bank_maps(grids), model.banks,
-                                                                                  strict=True)]
-        assert torch.allclose(model.feature_map(grids), torch.maximum(*z), atol=1e-5)
-        assert not torch.allclose(z[0], z[1], atol=0.1)  # the banks disagree: the max is not the mean
-    with pytest.raises(ValueError, match="bank_merge"):
-        tiny(bank_merge="sum")
 
 
 def test_spread_is_measured_against_other_recordings():
@@ -274,11 +248,11 @@ def test_feature_config_errors_and_old_checkpoints():
                        ({"pixel_patch": (4, 4)}, "pixel_patch"), ({"pixel_patch": 16}, "pixel_patch")):
         with pytest.raises(ValueError, match=match):
             tiny(**bad)
-    new = ("features_from", "bank_pick", "bank_dims", "density_k", "colour_balance", "bank_merge")
+    new = ("features_from", "bank_pick", "bank_dims", "density_k", "colour_balance")
     old = {k: v for k, v in tiny().cfg.to_dict().items() if k not in new}
     cfg = AnomalyConfig.from_dict(old)  # saved before the pixel features: it keeps the encoder's and the coreset
     assert cfg.features_from == "encoder" and cfg.bank_pick == "coreset" and cfg.feature_grid == cfg.grid
-    assert cfg.bank_dims == 0 and cfg.density_k == 0 and not cfg.colour_balance and cfg.bank_merge == "mean"
+    assert cfg.bank_dims == 0 and cfg.density_k == 0 and not cfg.colour_balance
     one = AnomalyConfig.from_dict({**tiny().cfg.to_dict(), "pixel_patch": 4, "pixel_pool": 2})  # one patch size
     assert one.pixel_patch == (4,) and one.pixel_pool == (2,) and AnomalyConfig.from_dict(one.to_dict()) == one
     # weights saved before the banks were modules load into the first bank
@@ -287,9 +261,7 @@ def test_feature_config_errors_and_old_checkpoints():
     renamed = {"banks.0.center": "bank_center", "banks.0.proj": "bank_proj", "banks.0.entries": "bank",
                "banks.0.valid": "bank_valid", "banks.0.scale": "bank_scale"}
     fresh = tiny(pixel_patch=4)
-    fresh.banks[0].map_stats.fill_(7.0)
-    fresh.load_state_dict({renamed.get(k, k): v for k, v in model.state_dict().items() if "map_stats" not in k})
-    assert fresh.banks[0].map_stats.tolist() == [0.0, 1.0]  # saved before the banks' maps were standardised
+    fresh.load_state_dict({renamed.get(k, k): v for k, v in model.state_dict().items()})
     assert torch.equal(fresh.banks[0].entries, model.banks[0].entries)
 
 
@@ -332,16 +304,15 @@ def test_memae_addressing_runs():
     assert torch.isfinite(amap).all()
 
 
-@pytest.mark.parametrize(("temporal", "score", "source", "banks"), [
-    (False, "features", "pixels", {}), (True, "features", "pixels", {"bank_merge": "max", "pixel_pool": (1, 2)}),
-    (False, "position", "pixels", {}), (False, "features", "encoder", {})])
-def test_onnx_runtime_equals_pytorch(tmp_path, temporal, score, source, banks):
+@pytest.mark.parametrize(("temporal", "score", "source"), [(False, "features", "pixels"), (True, "features", "pixels"),
+                                                       (False, "position", "pixels"), (False, "features", "encoder")])
+def test_onnx_runtime_equals_pytorch(tmp_path, temporal, score, source):
     pytest.importorskip("onnxruntime")
     from memstream.export import OnnxBackend, TorchBackend
     from memstream.pipelines.anomaly import fit_normality
     from memstream.pipelines.anomaly_task import export_anomaly, score_video
 
-    model = tiny(temporal=temporal, score=score, features_from=source, **banks)
+    model = tiny(temporal=temporal, score=score, features_from=source)
     fit_normality(model, frames(8).numpy())
     export_anomaly(model, tmp_path / "a.onnx")
     video = frames(3 * model.cfg.segment + 1, 5).numpy()  # a padded last segment
