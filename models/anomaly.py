@@ -16,9 +16,10 @@ Trained on normal images (or footage) only. An image is cut into ``patch`` x ``p
   fixed-capacity buffer with a validity mask). The patch features (``features_from``) are by default the
   pixels themselves (``pixels``): the image colour-balanced (``colour_balance``, grey world: each image's
   colour cast cancels) and divided by its smooth luminance (``light_sigma``: each image's gain and lighting
-  gradient cancel, a stain's colour stays), average-pooled by ``pixel_pool``, in patches every
-  ``pixel_stride`` pooled pixels, one bank per patch side in ``pixel_patch`` (4 and 6: thin lines and faint
-  stains; a part's shape and context), the map the mean of theirs. Each bank holds a random ``bank_size`` of
+  gradient cancel, a stain's colour stays), one bank per patch side in ``pixel_patch``, each of the image
+  average-pooled by its factor in ``pixel_pool``, in patches every ``pixel_stride`` pooled pixels (the preset:
+  4x4 of the full-resolution image for thin lines and faint stains, 6x6 of the 2x-pooled image for a part's
+  shape and context), the map the mean of theirs. Each bank holds a random ``bank_size`` of
   the normal patches taken at *every* offset, so a texture's phase or an object's pose need not match a
   training image's grid. A distance is in units of its nearest entry's own spread (its distance to its
   ``density_k``-th neighbour from another training image, softened by ``density_soft`` x their median: a
@@ -26,8 +27,8 @@ Trained on normal images (or footage) only. An image is cut into ``patch`` x ``p
   defect on a smooth surface. ``encoder`` takes the encoder's (level ``feature_level``: 0 the patch
   embeddings, k the output of block k) on the token grid, one bank, a greedy coreset (``bank_pick``).
   Without pretrained weights, 50 normal images do not train features that beat the pixels: synthetic mean
-  image AUROC 0.954 against 0.706 (``memstream bench anomaly``, 2026-11-22), at about a ninetieth of the
-  speed (the search is exhaustive: see the model card);
+  image AUROC 0.954 against 0.706 (``memstream bench anomaly``, 2026-11-22, both banks pooled), at about a
+  ninetieth of the speed (the search is exhaustive: see the model card);
   ``fused``: their
   sum; ``position``: the Mahalanobis distance of each patch's feature to a Gaussian of the normal features *at
   that patch's position* (PaDiM; features on their ``position_dims`` principal components, covariance
@@ -756,11 +757,14 @@ class AnomalyModel(nn.Module):
 @register_model
 def anomaly_small(**overrides) -> AnomalyModel:
     """128x128 images in 8x8 patches, width 128, 4 encoder blocks with 32 memory slots each, a 2-block decoder
-    reading encoder levels 1 and 3; two 65,536-entry banks of normal pixel-patch features of the 2x-pooled,
-    colour-balanced, lighting-normalised image (4x4 patches on a 31x31 grid, 6x6 on a 30x30 grid, each kept
-    as 24 principal components), distances in units of the nearest entry's spread (k = 5); for video, frames
-    coded as 8x8 cells x 8 principal components and a causal width-128 core with a queue of 64 frames
-    (segments of 4)."""
+    reading encoder levels 1 and 3; two 65,536-entry banks of normal pixel-patch features of the
+    colour-balanced, lighting-normalised image (4x4 patches of the full-resolution image on a 63x63 grid, 6x6
+    of the 2x-pooled one on a 30x30 grid, each kept as 24 principal components), distances in units of the
+    nearest entry's spread (k = 5); for video, frames coded as 8x8 cells x 8 principal components and a causal
+    width-128 core with a queue of 64 frames (segments of 4). Given ``pixel_patch`` without ``pixel_pool``,
+    every bank pools by the config's default, 2."""
+    if "pixel_patch" not in overrides:
+        overrides.setdefault("pixel_pool", (1, 2))
     temporal = CoreConfig(dim=128, heads=4, layers=2, ff_mult=2, segment=4, memory="queue", memory_length=64,
                           causal=True, dropout=0.0)
     core_fields = {f.name for f in dataclasses.fields(CoreConfig)}

@@ -423,7 +423,8 @@ def cli_train(argv: list[str]) -> int:
     p.add_argument("--pixel-patch", type=int, nargs="+", help="with pixel features: the patch side of each bank, "
                                                               "in pooled pixels (default: the preset's, 4 6)")
     p.add_argument("--pixel-pool", type=int, nargs="+", help="with pixel features: the factor each bank's image is "
-                                                             "average-pooled by (one for all, or one per patch size)")
+                   "average-pooled by, one for all or one per patch size (default: the preset's, 1 2; with "
+                   "--pixel-patch alone, 2)")
     p.add_argument("--density-k", type=int, help="distances in units of the nearest bank entry's distance to its "
                                                  "k-th neighbour (0: plain distances)")
     p.add_argument("--temporal-memory", choices=("queue", "none"), help="core memory of the temporal part")

@@ -93,8 +93,8 @@ def test_maps_bank_and_fit():
             torch.cdist(feats, bank.entries[bank.valid]).min(1).values.max()) + 1e-6
         # the features map: the mean of each bank's map, each upsampled from its own grid
         grids = model.grid_features(torch.from_numpy(normal[:2]))
-        assert [g.shape[1] for g in grids] == [49, 36]
-        each = [model._upsample(b.distance(g), m) for b, g, m in zip(model.banks, grids, (2, 4), strict=True)]
+        assert [g.shape[1] for g in grids] == [225, 36]  # 4x4 of the full image, 6x6 of the 2x-pooled one
+        each = [model._upsample(b.distance(g), m) for b, g, m in zip(model.banks, grids, (1, 4), strict=True)]
         assert torch.allclose(model.feature_map(grids), (each[0] + each[1]) / 2)
     assert amap.shape == (2, 32, 32) and torch.allclose(score, amap.flatten(1).amax(1))
     x = torch.randn(100, 8)
@@ -115,12 +115,12 @@ def test_pixel_features_ignore_lighting_and_hold_every_offset():
     rng = np.random.default_rng(0)
     texture = rng.integers(40, 150, (1, 34, 34, 3)).astype(np.uint8)
     model = tiny()
-    assert model.cfg.features_from == "pixels" and model.cfg.feature_grid == 7 and model.cfg.feature_margin == 2
+    assert model.cfg.features_from == "pixels" and model.cfg.feature_grid == 15 and model.cfg.feature_margin == 1
     cast = np.clip(np.round(texture.astype(np.float64) * [1.6, 1.3, 1.05]), 0, 255).astype(np.uint8)
     with torch.no_grad():
         a, b = (model.features(torch.from_numpy(x[:, :32, :32])) for x in (texture, cast))
         c = tiny(colour_balance=False).features(torch.from_numpy(cast[:, :32, :32]))
-    assert a.shape == (1, 49, 48) and torch.allclose(a, b, atol=0.02)  # uint8 rounding only
+    assert a.shape == (1, 225, 48) and torch.allclose(a, b, atol=0.02)  # uint8 rounding only
     assert float((a - c).abs().max()) > 0.1  # the luminance alone leaves the cast
 
     # a shift leaves unnormalised patches alone
@@ -203,6 +203,8 @@ def test_each_bank_pools_its_own_image():
         dist = torch.cdist(bank.space(g).flatten(0, 1).double(), bank.entries[bank.valid].double()).amin(-1)
         want.append(model._upsample(dist.float().view(2, -1), cfg.patch_margin(i)))
     assert torch.allclose(got, torch.stack(want).mean(0), rtol=1e-3, atol=1e-3)
+    # the preset: 4x4 of the full image, 6x6 of the pooled one; given patch sizes alone, every bank pools by 2
+    assert tiny().cfg.pixel_pool == (1, 2) and tiny(pixel_patch=(4, 8)).cfg.pixel_pool == (2, 2)
     # one factor for every bank, however it is given; two banks may share a patch size at different factors
     assert tiny(pixel_pool=1).cfg.pixel_pool == (1, 1) == tiny(pixel_pool=(1, 1)).cfg.pixel_pool
     assert tiny(pixel_pool=(1, 1)).cfg.replace(pixel_patch=4).pixel_pool == (1,)
