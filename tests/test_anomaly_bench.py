@@ -44,3 +44,26 @@ def test_bench_json(tmp_path, capsys, monkeypatch):
     assert out["fps_torch"] > 0 and out["fps_onnx"] > 0 and out["video_test_frames"] == 24
     assert not list(scratch.iterdir())  # category models, the no-memory model and the ONNX export are cleaned up
     assert set(out["goals"]) == {"image_auroc_synthetic>=0.95", "video_memory>no_memory"}
+
+
+def test_category_scores_in_batches_equal_all_at_once(tmp_path, monkeypatch):
+    """The bench scores a category's test images a batch at a time (all at once, the bank search of a
+    1000-image set needed 34 GB); the figures do not depend on the batch."""
+    import memstream.pipelines.anomaly_bench as bench
+    from memstream.pipelines.anomaly import fit_normality, load_images
+    from memstream.pipelines.anomaly_data import read_mvtec
+
+    generate(tmp_path / "set", categories=["nut"], train=6, test_good=3, test_defect=2, size=32, video=False)
+    dataset = read_mvtec(tmp_path / "set" / "nut")
+    torch.manual_seed(0)
+    model = build("anomaly-small", **{k: v for k, v in TINY_VIDEO.items() if not k.startswith("temporal")},
+                  no_temporal=True)
+    fit_normality(model, load_images([t.path for t in dataset.train], 32))
+    figures = []
+    for batch in (3, 64):
+        monkeypatch.setattr(bench, "EVAL_BATCH", batch)
+        figures.append(bench._evaluate(model, dataset))
+    assert set(figures[0]) == {"rec", "features", "position", "fused"} and len(dataset.test) == 11
+    for score, got in figures[0].items():
+        for name, value in got.items():
+            assert abs(value - figures[1][score][name]) <= 1e-3, (score, name)
