@@ -5,7 +5,10 @@ Images (``--data``: a category folder or a folder of categories, :mod:`memstream
 test image is scored on its own (:func:`memstream.pipelines.anomaly_task.score_images`) at the model's image size;
 masks are resized to that size (nearest neighbour). Per category: image AUROC over all test images, pixel AUROC
 and AUPRO@0.3 over the images with a mask plus the good images (all-normal masks); ``mean`` over categories as
-:func:`memstream.pipelines.anomaly_metrics.summarise` takes it. One checkpoint serves every category
+:func:`memstream.pipelines.anomaly_metrics.summarise` takes it. Image AUROC comes with its 95 % interval, a
+stratified bootstrap of the test images (:func:`memstream.pipelines.anomaly_metrics.image_auroc_interval`; for
+``mean``, each category resampled on its own): on a category of 20 good and 40 defect images scoring 0.85-0.95,
+it is 0.13-0.19 wide. One checkpoint serves every category
 (``--checkpoint``, default the bundled one), or ``--checkpoint-per-category DIR`` loads ``DIR/<category>/``.
 
 Video (``--video``, or on its own when ``--data`` holds ``video/labels.json`` and no categories): each test video
@@ -13,10 +16,10 @@ of a synth-defects labels file is streamed from a fresh state (:func:`memstream.
 frame AUROC of ``score``, ``image_score`` and ``temporal`` over all frames, and over the frames of appearance
 events (or of temporal events) against the normal frames. The video model is ``--checkpoint``'s.
 
-Output: a table, or with ``--json`` one JSON object ``{"categories": {name: {image_auroc, pixel_auroc, aupro,
-images, anomalous}}, "mean": {...}, "video": {...}}`` (undefined values are null) and nothing else on stdout;
-``--plot`` writes a PNG (image-level ROC curves, heat maps of the worst cases). A progress bar over images and
-videos goes to stderr when it is a terminal.
+Output: a table, or with ``--json`` one JSON object ``{"categories": {name: {image_auroc, image_auroc_ci95 (low,
+high), pixel_auroc, aupro, images, anomalous}}, "mean": {...}, "video": {...}}`` (undefined values are null)
+and nothing else on stdout; ``--plot`` writes a PNG (image-level ROC curves, heat maps of the worst cases). A
+progress bar over images and videos goes to stderr when it is a terminal.
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ from pathlib import Path
 
 import numpy as np
 from memstream.pipelines.anomaly_data import AnomalyDataset, find_categories, load_image, load_mask, read_mvtec
-from memstream.pipelines.anomaly_metrics import aupro, frame_auroc, image_auroc, pixel_auroc, summarise
+from memstream.pipelines.anomaly_metrics import (
+    aupro,
+    frame_auroc,
+    image_auroc,
+    image_auroc_interval,
+    pixel_auroc,
+    summarise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +97,8 @@ def image_scorer(model, backend: str, threads: int | None = None):
 def evaluate_category(dataset: AnomalyDataset, scorer, size: int, *, batch: int = 8, bar=None,
                       scored: Scored | None = None) -> dict:
     """Score ``dataset.test`` with ``scorer`` (see :func:`image_scorer`) at ``size`` -> ``{image_auroc,
-    pixel_auroc, aupro, images, anomalous}``; ``scored`` collects the scores and worst cases for the plot."""
+    image_auroc_ci95, pixel_auroc, aupro, images, anomalous}`` (``image_auroc_ci95``: the 95 % bootstrap interval,
+    see :func:`image_auroc_interval`); ``scored`` collects the scores and worst cases for the plot."""
     from memstream.pipelines.anomaly_task import score_images
 
     test = dataset.test
@@ -105,7 +116,8 @@ def evaluate_category(dataset: AnomalyDataset, scorer, size: int, *, batch: int 
     masks = np.stack([load_mask(s.mask_path, size) if s.mask_path is not None else np.zeros((size, size), bool)
                       for s in test])  # (N, S, S)
     pixel = np.array([s.label == 0 or s.mask_path is not None for s in test])  # images the pixel metrics use
-    result = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks[pixel], maps[pixel]),
+    result = {"image_auroc": image_auroc(labels, scores), "image_auroc_ci95": image_auroc_interval([(labels, scores)]),
+              "pixel_auroc": pixel_auroc(masks[pixel], maps[pixel]),
               "aupro": aupro(masks[pixel], maps[pixel], fpr_limit=0.3), "images": len(test),
               "anomalous": int(labels.sum())}
     if scored is not None:
@@ -232,15 +244,20 @@ def format_table(result: dict) -> str:
     def num(v, width=11) -> str:
         return f"{v:{width}.3f}" if isinstance(v, float) and np.isfinite(v) else f"{'-':>{width}}"
 
+    def interval(v) -> str:
+        shown = f"[{v[0]:.3f}, {v[1]:.3f}]" if v is not None and all(np.isfinite(v)) else "-"
+        return f"{shown:>14}"
+
     lines = []
     if result["categories"]:
         width = max(8, *(len(n) for n in result["categories"]))
-        lines.append(f"{'category':<{width}}  images  anomalous  image AUROC  pixel AUROC    AUPRO@0.3")
+        lines.append(f"{'category':<{width}}  images  anomalous  image AUROC  95% interval  pixel AUROC    AUPRO@0.3")
         rows = [*result["categories"].items(), ("mean", result["mean"])]
         for name, r in rows:
             counts = f"{r['images']:6d}  {r['anomalous']:9d}" if "images" in r else " " * 17
-            lines.append(f"{name:<{width}}  {counts}  " + "  ".join(num(r.get(k), 11) for k in
-                                                                     ("image_auroc", "pixel_auroc", "aupro")))
+            image = f"{num(r.get('image_auroc'))}{interval(r.get('image_auroc_ci95'))}"
+            pixels = "  ".join(num(r.get(k)) for k in ("pixel_auroc", "aupro"))
+            lines.append(f"{name:<{width}}  {counts}  {image}  {pixels}")
     video = result.get("video")
     if video:
         lines.append(f"video: {video['videos']} test videos, {video['frames']} frames, {video['anomalous_frames']} "
@@ -309,6 +326,8 @@ def cli_eval(argv: list[str]) -> int:
                                                                model_for(directory).cfg.image_size,
                                                                batch=args.batch, bar=bar, scored=scored)
         result = {"categories": per_category, "mean": summarise(per_category)["mean"] if per_category else {}}
+        if per_category:  # each category resampled on its own, the mean taken per replicate
+            result["mean"]["image_auroc_ci95"] = image_auroc_interval(scored.images.values())
         if videos:
             model = model_for(args.checkpoint)
             backend = model_backend_for(model, args.backend, args.threads)

@@ -13,7 +13,14 @@ import torch
 from memstream.models import build, save_checkpoint
 from memstream.pipelines.anomaly import fit_normality, load_images, read_video_frames
 from memstream.pipelines.anomaly_data import find_categories, load_mask, read_mvtec
-from memstream.pipelines.anomaly_metrics import aupro, frame_auroc, image_auroc, pixel_auroc, summarise
+from memstream.pipelines.anomaly_metrics import (
+    aupro,
+    frame_auroc,
+    image_auroc,
+    image_auroc_interval,
+    pixel_auroc,
+    summarise,
+)
 from memstream.pipelines.anomaly_task import load_anomaly_model, model_backend_for, score_images, score_video
 from memstream.pipelines.cli import main
 from memstream.pipelines.synth_defects import generate
@@ -61,14 +68,25 @@ def video_set(tmp_path_factory) -> tuple[Path, Path, object]:
     return data, root / "ck", model
 
 
-def _direct(category: Path, model, batch: int = 8) -> dict:
-    """The metrics computed here, from score_images output, as the command should report them."""
+def _direct(category: Path, model, batch: int = 8, scored: dict | None = None) -> dict:
+    """The metrics computed here, from score_images output, as the command should report them; ``scored`` gets
+    the category's (labels, image scores)."""
     test = read_mvtec(category).test
     maps, scores = score_images(model, load_images([s.path for s in test], 32), batch)
     labels = np.array([s.label for s in test])
     masks = np.stack([load_mask(s.mask_path, 32) if s.mask_path else np.zeros((32, 32), bool) for s in test])
+    if scored is not None:
+        scored[category.name] = (labels, scores)
     return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps),
-            "aupro": aupro(masks, maps, 0.3), "images": len(test), "anomalous": int(labels.sum())}
+            "aupro": aupro(masks, maps, 0.3), "images": len(test), "anomalous": int(labels.sum()),
+            "image_auroc_ci95": image_auroc_interval([(labels, scores)])}
+
+
+def _same(got: dict, want: dict) -> bool:
+    """A category's figures equal (to 1e-9; the interval's two ends each)."""
+    flat = lambda d: {k: v for k, v in d.items() if k != "image_auroc_ci95"}  # noqa: E731
+    return (set(got) == set(want) and flat(got) == pytest.approx(flat(want), abs=1e-9)
+            and got["image_auroc_ci95"] == pytest.approx(want["image_auroc_ci95"], abs=1e-9))
 
 
 def test_json_equals_direct_metrics_and_plot(image_set, tmp_path, capsys):
@@ -77,19 +95,25 @@ def test_json_equals_direct_metrics_and_plot(image_set, tmp_path, capsys):
     assert main(["eval", "anomaly", "--data", str(data), "--checkpoint", str(ck), "--json", "--plot", str(png)]) == 0
     result = _json(capsys)
     assert list(result["categories"]) == ["nut", "weave"] and "video" not in result
-    expected = summarise({c.name: _direct(c, model) for c in find_categories(data)})
+    scored = {}
+    expected = summarise({c.name: _direct(c, model, scored=scored) for c in find_categories(data)})
     for name in ("nut", "weave"):
         got, want = result["categories"][name], expected[name]
-        assert set(got) == {*METRICS, "images", "anomalous"}
+        assert set(got) == {*METRICS, "image_auroc_ci95", "images", "anomalous"}
+        assert got["image_auroc_ci95"] == pytest.approx(want["image_auroc_ci95"], abs=1e-9)
+        assert got["image_auroc_ci95"][0] <= got["image_auroc"] <= got["image_auroc_ci95"][1]
         assert got["images"] == want["images"] and got["anomalous"] == want["anomalous"]
         assert got["images"] == 2 + 2 * len(read_mvtec(data / name).defects)
         for key in METRICS:
             assert got[key] == pytest.approx(want[key], abs=1e-9), (name, key)
+    mean_interval = result["mean"].pop("image_auroc_ci95")
     assert result["mean"] == pytest.approx(expected["mean"], abs=1e-9) and set(result["mean"]) == set(METRICS)
+    assert mean_interval == pytest.approx(image_auroc_interval(scored.values()), abs=1e-9)
     assert result["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["eval", "anomaly", "--data", str(data / "weave"), "--checkpoint", str(ck)]) == 0
     table = capsys.readouterr().out
     assert "image AUROC" in table and "weave" in table and "mean" in table and "nut" not in table
+    assert "95% interval" in table
 
 
 def test_score_override(image_set, capsys):
@@ -99,8 +123,8 @@ def test_score_override(image_set, capsys):
                  "--score", "position"]) == 0
     got = _json(capsys)["categories"]["weave"]
     switched = load_anomaly_model(ck)[0].use_score("position")
-    assert got == pytest.approx(_direct(data / "weave", switched), abs=1e-9)
-    assert got != pytest.approx(_direct(data / "weave", model), abs=1e-9)  # not the checkpoint's own score
+    assert _same(got, _direct(data / "weave", switched))
+    assert not _same(got, _direct(data / "weave", model))  # not the checkpoint's own score
 
 
 def test_checkpoint_per_category(image_set, tmp_path, capsys):
@@ -111,7 +135,7 @@ def test_checkpoint_per_category(image_set, tmp_path, capsys):
                  "--json"]) == 0
     result = _json(capsys)
     assert result["categories"]["nut"]["image_auroc"] == pytest.approx(_direct(data / "nut", other)["image_auroc"])
-    assert result["categories"]["weave"] == pytest.approx(_direct(data / "weave", image_set[2]))
+    assert _same(result["categories"]["weave"], _direct(data / "weave", image_set[2]))
     (tmp_path / "per" / "nut").rename(tmp_path / "gone")
     assert main(["eval", "anomaly", "--data", str(data), "--checkpoint-per-category", str(tmp_path / "per")]) == 2
     assert "nut" in capsys.readouterr().err
@@ -124,7 +148,7 @@ def test_real_hazelnut(image_set, capsys):
     got = _json(capsys)["categories"]["hazelnut_reduced"]
     want = _direct(HAZELNUT, model)
     assert got["images"] == 10 and got["anomalous"] == 8
-    assert got == pytest.approx(want, abs=1e-9)
+    assert _same(got, want)
 
 
 def test_video_frame_auroc(video_set, tmp_path, capsys):

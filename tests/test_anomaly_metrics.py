@@ -14,6 +14,8 @@ from memstream.pipelines.anomaly_metrics import (
     aupro,
     frame_auroc,
     image_auroc,
+    image_auroc_interval,
+    image_auroc_replicates,
     pixel_auroc,
     pro_curve,
     region_labels,
@@ -49,6 +51,49 @@ def test_auroc_equals_scikit_learn(seed):
     for ours, ref in zip((fpr, tpr, thresholds), roc_curve(labels, scores), strict=True):
         np.testing.assert_allclose(ours, ref)
     assert np.trapezoid(tpr, fpr) == pytest.approx(expected)
+
+
+def test_bootstrap_replicates_equal_scikit_learn_on_each_resample():
+    """Every replicate is scikit-learn's AUROC of its stratified resample (ties included), and every resample keeps
+    the set's class counts, so even one anomalous image in twenty gives no NaN."""
+    from memstream.pipelines.anomaly_metrics import _stratified_resamples
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 19 + [1])
+    scores = np.round(rng.random(20), 1)  # with ties
+    replicates = image_auroc_replicates(labels, scores, replicates=50, seed=3)
+    picked = _stratified_resamples(labels.astype(bool), 50, 3)
+    assert (labels[picked].sum(1) == 1).all()
+    want = [roc_auc_score(labels[row], scores[row]) for row in picked]
+    np.testing.assert_allclose(replicates, want, atol=1e-12)
+    assert np.isfinite(replicates).all() and len(set(np.round(replicates, 9))) > 5
+
+
+def test_bootstrap_interval():
+    rng = np.random.default_rng(1)
+
+    def sample(n):  # normal N(0, 1) against anomalous N(1, 1): population AUROC 0.76
+        labels = np.repeat([0, 1], n)
+        return labels, rng.normal(size=2 * n) + labels
+
+    low, high = image_auroc_interval([sample(50)])
+    small = high - low
+    assert 0.0 < low < image_auroc(*sample(50)) + 0.2 and 0.1 < small < 0.3
+    low4, high4 = image_auroc_interval([sample(200)])
+    assert 0.35 < (high4 - low4) / small < 0.65 and low4 < 0.76 < high4  # about half as wide at 4x the images
+    assert image_auroc_interval([(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))]) == [1.0, 1.0]
+    # the mean over categories: each resampled on its own; a one-class category is left out (as summarise does)
+    a, b = sample(30), sample(30)
+    both = image_auroc_interval([a, b])
+    assert both != image_auroc_interval([a]) and image_auroc_interval([a, b]) == both  # reproducible
+    one_class = (np.zeros(5), np.arange(5.0))
+    assert image_auroc_interval([a, one_class]) == image_auroc_interval([a])
+    assert all(math.isnan(v) for v in image_auroc_interval([one_class]))
+    for bad in ({"level": 1.0}, {"replicates": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            image_auroc_interval([a], **bad)
+    with pytest.raises(ValueError, match="no"):
+        image_auroc_interval([])
 
 
 def test_one_class_is_nan_with_warning(caplog):
