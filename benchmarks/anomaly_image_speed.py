@@ -4,29 +4,45 @@
 
 Times ``AnomalyModel.spatial`` (maps and image scores, the ``features`` score) on random 128x128 images for:
 the preset default (pixel patches, one bank per patch size: 4x4 of the full-resolution image, 6x6 of the
-2x-pooled one), both banks on the 2x-pooled image (the default before 2026-11-23), one bank of 4x4 pixel
-patches of the pooled image (before 2026-11-22), and the encoder's patch embeddings with a 4096-entry bank
-(the bundled video model's). The search is exhaustive, so its cost does not depend on what the banks hold:
-they are left empty. Rounds are interleaved, so the machine's drift hits every configuration alike. Prints
-one JSON object: images per second for each and the ratios to the default.
+2x-pooled one), the same with the eager search over all of a batch's patches in one block (``one_block``: the
+search before it went in cache-sized blocks, 2026-11-23), both banks on the 2x-pooled image (the default before
+2026-11-23), one bank of 4x4 pixel patches of the pooled image (before 2026-11-22), and the encoder's patch
+embeddings with a 4096-entry bank (the bundled video model's). The search is exhaustive, so its cost does not
+depend on what the banks hold: they are left empty. Rounds are interleaved, so the machine's drift hits every
+configuration alike. Prints one JSON object: images per second for each and the ratios to the default.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
+import memstream.models.anomaly as anomaly_model
 import torch
 from memstream.models import build
 
 CONFIGS = {
     "pixels_default": {},
+    "pixels_default_one_block": {},
     "pixels_both_pooled": {"pixel_pool": 2},
     "pixels_one_bank": {"pixel_patch": 4},
     "encoder": {"features_from": "encoder", "bank_pick": "coreset", "bank_size": 4096, "bank_dims": 0,
                 "density_k": 0, "colour_balance": False},
 }
+
+
+@contextlib.contextmanager
+def search_in_one_block(on: bool):
+    """The eager bank search as before 2026-11-23: all patches of the batch against 8192 entries at a time."""
+    saved = anomaly_model.QUERY_BLOCK, anomaly_model.EAGER_BLOCK
+    if on:
+        anomaly_model.QUERY_BLOCK = anomaly_model.EAGER_BLOCK = 2 ** 62
+    try:
+        yield
+    finally:
+        anomaly_model.QUERY_BLOCK, anomaly_model.EAGER_BLOCK = saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             model.spatial(images[:2])  # warm-up
         for _ in range(args.rounds):
             for name, model in models.items():
-                start = time.perf_counter()
-                for i in range(0, args.images, 16):
-                    model.spatial(images[i:i + 16])
-                seconds[name] += time.perf_counter() - start
+                with search_in_one_block(name.endswith("_one_block")):
+                    start = time.perf_counter()
+                    for i in range(0, args.images, 16):
+                        model.spatial(images[i:i + 16])
+                    seconds[name] += time.perf_counter() - start
     rate = {name: args.images * args.rounds / s for name, s in seconds.items()}
     default = rate["pixels_default"]
     print(json.dumps({"images_per_s": {k: round(v, 1) for k, v in rate.items()},

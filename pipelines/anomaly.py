@@ -264,7 +264,7 @@ def _fill_bank(model: AnomalyModel, index: int, feats: Tensor, sources: Tensor, 
 
 
 @torch.no_grad()
-def fit_bank_scale(model: AnomalyModel, sources: Tensor | None = None, chunk: int = 2048, bank: int = 0) -> None:
+def fit_bank_scale(model: AnomalyModel, sources: Tensor | None = None, chunk: int = 64, bank: int = 0) -> None:
     """Each entry's neighbourhood size in bank ``bank`` of ``model``: its distance to its ``density_k``-th
     nearest entry taken from *another* image (``sources``: (entries,) the image of each; None: any other
     entry), plus ``density_soft`` x the median of those (into its ``scale``). The feature map divides a
@@ -289,12 +289,14 @@ def fit_bank_scale(model: AnomalyModel, sources: Tensor | None = None, chunk: in
         sources = None  # one recording: its own entries are all there is
     b2 = entries.pow(2).sum(-1)
     radius = []
+    # ``chunk`` entries against all at a time, in place: 64 x 65,536 distances are 16 MB that the allocator
+    # reuses; at 2048 rows, new 512 MB blocks were zero-filled by the kernel on every chunk (13 s against 8.5 s)
     for i in range(0, len(entries), chunk):
-        d2 = torch.addmm(b2, entries[i:i + chunk], entries.t(), alpha=-2.0) + b2[i:i + chunk, None]
+        d2 = torch.addmm(b2, entries[i:i + chunk], entries.t(), alpha=-2.0).add_(b2[i:i + chunk, None])
         if sources is None:  # the entry itself is its own first neighbour
-            d2 = d2.scatter(1, torch.arange(i, min(i + chunk, len(entries))).unsqueeze(1), float("inf"))
+            d2.scatter_(1, torch.arange(i, min(i + chunk, len(entries))).unsqueeze(1), float("inf"))
         else:
-            d2 = d2.masked_fill(sources[i:i + chunk, None] == sources[None, :], float("inf"))
+            d2.masked_fill_(sources[i:i + chunk, None] == sources[None, :], float("inf"))
         kth = d2.topk(min(k, len(entries) - 1), dim=-1, largest=False).values[:, -1]
         radius.append(torch.where(torch.isfinite(kth), kth, d2.new_tensor(float("nan"))))
     radius = torch.cat(radius).clamp(min=0.0).sqrt()

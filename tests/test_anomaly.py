@@ -214,6 +214,28 @@ def test_each_bank_pools_its_own_image():
             tiny(**bad)
 
 
+def test_search_in_blocks_equals_all_at_once(monkeypatch):
+    """Eager, the bank search runs in blocks of patches and entries (memory and speed); the nearest entry, its
+    spread and so the distances are those of one search over all patches and entries, and a brute force's."""
+    import memstream.models.anomaly as anomaly
+    from memstream.pipelines.anomaly import fit_normality
+
+    model = tiny(bank_size=4096, density_k=3, pixel_patch=(4, 6), pixel_pool=(1, 2))
+    fit_normality(model, frames(12).numpy())
+    with torch.no_grad():
+        grids = model.grid_features(frames(3, 5))
+        whole = [bank.distance(g) for bank, g in zip(model.banks, grids, strict=True)]
+        monkeypatch.setattr(anomaly, "QUERY_BLOCK", 50)  # 50 patches x 300 entries a block: uneven last blocks
+        monkeypatch.setattr(anomaly, "EAGER_BLOCK", 50 * 300)
+        blocked = [bank.distance(g) for bank, g in zip(model.banks, grids, strict=True)]
+    for bank, g, a, b in zip(model.banks, grids, whole, blocked, strict=True):
+        assert a.shape == b.shape == g.shape[:2] and torch.allclose(a, b, atol=1e-5)
+        d = torch.cdist(bank.space(g).flatten(0, 1).double(), bank.entries[bank.valid].double())
+        nearest = d.argmin(-1)
+        want = d.gather(1, nearest[:, None])[:, 0] / bank.scale[bank.valid][nearest].double()
+        assert torch.allclose(b.flatten().double(), want, atol=1e-3)
+
+
 def test_spread_is_measured_against_other_recordings():
     """Frames of one recording are near duplicates: with ``groups``, an entry's spread skips its own recording's
     entries (here exact copies), so it is the distance to another recording; without, the copies make it 0."""
@@ -322,6 +344,28 @@ def test_onnx_runtime_equals_pytorch(tmp_path, temporal, score, source):
     theirs = score_video(OnnxBackend(tmp_path / "a.onnx", threads=1), video, model.cfg.segment)
     for k in ours:
         assert np.allclose(ours[k], theirs[k], atol=1e-3), k
+
+
+def test_onnx_search_is_whole_while_eager_search_is_blocked(tmp_path, monkeypatch):
+    """Eager, the bank search runs in blocks (here many, of 50 patches); the exported graph searches all patches
+    at once, so its batch axis stays dynamic: the same maps and scores at any batch."""
+    pytest.importorskip("onnxruntime")
+    import memstream.models.anomaly as anomaly
+    from memstream.export import OnnxBackend
+    from memstream.pipelines.anomaly import fit_normality
+    from memstream.pipelines.anomaly_task import export_anomaly, score_images
+
+    monkeypatch.setattr(anomaly, "QUERY_BLOCK", 50)
+    monkeypatch.setattr(anomaly, "EAGER_BLOCK", 50 * 300)
+    model = tiny(bank_size=4096)
+    fit_normality(model, frames(8).numpy())
+    export_anomaly(model, tmp_path / "a.onnx")
+    images = frames(5, 3).numpy()
+    maps, scores = score_images(model, images, batch=5)
+    onnx = OnnxBackend(tmp_path / "a.onnx", threads=1)
+    for batch in (2, 5):
+        got_maps, got_scores = score_images(onnx, images, batch=batch)
+        assert np.allclose(got_maps, maps, atol=1e-3) and np.allclose(got_scores, scores, atol=1e-3), batch
 
 
 def test_in_stream_calibration():
