@@ -28,7 +28,7 @@ Trained on normal images (or footage) only. An image is cut into ``patch`` x ``p
   embeddings, k the output of block k) on the token grid, one bank, a greedy coreset (``bank_pick``).
   Without pretrained weights, 50 normal images do not train features that beat the pixels: synthetic mean
   image AUROC 0.954 against 0.706 (``memstream bench anomaly``, 2026-11-22, both banks pooled), at about a
-  ninetieth of the speed (the search is exhaustive: see the model card);
+  fortieth of the speed (the current default: a hundredth; the search is exhaustive, see the model card);
   ``fused``: their
   sum; ``position``: the Mahalanobis distance of each patch's feature to a Gaussian of the normal features *at
   that patch's position* (PaDiM; features on their ``position_dims`` principal components, covariance
