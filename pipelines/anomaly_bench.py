@@ -31,8 +31,8 @@ import torch
 SHORT = {"features": "features", "reconstruction": "rec", "fused": "fused", "position": "position"}  # -> _evaluate key
 GOALS = {"image_auroc_real": 0.9, "image_auroc_synthetic": 0.95}
 REAL = ("hazelnut_reduced", "transistor_reduced")
-# test images scored at once: the bank search holds (images x cells, 8192) distances, 2 GB at 16 images of the
-# preset (all of a 260-image test set at once needed 34 GB)
+# test images scored at once: bounds the maps and the autoencoder's passes in memory (before the eager bank search
+# went in blocks, a whole 260-image test category at once would have held 34 GB of distances)
 EVAL_BATCH = 16
 
 

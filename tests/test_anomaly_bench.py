@@ -50,8 +50,8 @@ def test_bench_json(tmp_path, capsys, monkeypatch):
 
 
 def test_category_scores_in_batches_equal_all_at_once(tmp_path, monkeypatch):
-    """The bench scores a category's test images a batch at a time (all at once, the bank search of a
-    1000-image set needed 34 GB); the figures do not depend on the batch."""
+    """The bench scores a category's test images a batch at a time (bounded memory however large the test
+    set); the figures do not depend on the batch."""
     import memstream.pipelines.anomaly_bench as bench
     from memstream.pipelines.anomaly import fit_normality, load_images
     from memstream.pipelines.anomaly_data import read_mvtec
