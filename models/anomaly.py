@@ -380,10 +380,7 @@ class _PatchBank(nn.Module):
             return self._nearest(queries, BANK_CHUNK).view(feats.shape[:2])
         rows = max(1, min(queries.shape[0], QUERY_BLOCK))
         chunk = min(BANK_CHUNK, max(1, EAGER_BLOCK // rows))
-        if queries.shape[0] <= rows:
-            return self._nearest(queries, chunk).view(feats.shape[:2])
-        return torch.cat([self._nearest(queries[lo:lo + rows], chunk)
-                          for lo in range(0, queries.shape[0], rows)]).view(feats.shape[:2])
+        return torch.cat([self._nearest(block, chunk) for block in queries.split(rows)]).view(feats.shape[:2])
 
     def _nearest(self, queries: Tensor, chunk: int) -> Tensor:
         """(M, dims) in the bank's space -> (M,) distance to the nearest entry (see ``distance``), ``chunk``

@@ -172,6 +172,19 @@ def coreset(features: Tensor, size: int, seed: int = 0) -> Tensor:
 
 
 @torch.no_grad()
+def raw_maps_in_batches(model: AnomalyModel, images: np.ndarray, which: tuple[str, ...] = MAPS,
+                        batch: int = 16) -> dict[str, Tensor]:
+    """(N, S, S, 3) uint8 images -> ``model.raw_maps`` (N, S, S) of each map in ``which`` it gives, ``batch``
+    images at a time (bounded memory however many images)."""
+    raw: dict[str, list[Tensor]] = {}
+    for i in range(0, len(images), batch):
+        maps, _ = model.raw_maps(torch.from_numpy(images[i:i + batch]), which)
+        for name, m in maps.items():
+            raw.setdefault(name, []).append(m)
+    return {name: torch.cat(parts) for name, parts in raw.items()}
+
+
+@torch.no_grad()
 def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarray] | None = None,
                   holdout: float = 0.2, batch: int = 16, seed: int = 0, groups: np.ndarray | None = None) -> dict:
     """Fill the feature banks and the score statistics from normal data (see the module docstring).
@@ -205,12 +218,7 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
         fit_positions(model, torch.cat(grids))  # (n, N, D)
     probe = held if len(held) else bank_images
     names = [n for n in MAPS if n != "position" or model.cfg.position_dims]
-    raw: dict[str, list[Tensor]] = {n: [] for n in names}
-    for i in range(0, len(probe), batch):
-        maps, _ = model.raw_maps(torch.from_numpy(probe[i:i + batch]), tuple(names))
-        for n in names:
-            raw[n].append(maps[n])
-    joined = {n: torch.cat(v) for n, v in raw.items()}
+    joined = raw_maps_in_batches(model, probe, tuple(names), batch)
     spread = {n: [float(m.mean()), float(m.std().clamp(min=1e-6))] for n, m in joined.items()}
     stats = [*spread["reconstruction"], *spread["features"], 0.0, 1.0]
     if model.cfg.position_dims:

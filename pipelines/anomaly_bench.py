@@ -39,7 +39,7 @@ EVAL_BATCH = 16
 def _evaluate(model, dataset) -> tuple[dict, dict]:
     """A category model on its test images -> (per score: image AUROC with its 95 % bootstrap interval, pixel
     AUROC; per score: the (labels, image scores) the intervals of a mean over categories resample)."""
-    from memstream.pipelines.anomaly import load_images
+    from memstream.pipelines.anomaly import load_images, raw_maps_in_batches
     from memstream.pipelines.anomaly_data import load_mask
     from memstream.pipelines.anomaly_metrics import image_auroc, image_auroc_interval, pixel_auroc
 
@@ -47,13 +47,9 @@ def _evaluate(model, dataset) -> tuple[dict, dict]:
     images = load_images([t.path for t in dataset.test], s)
     masks = np.stack([load_mask(t.mask_path, s) if t.mask_path else np.zeros((s, s), bool) for t in dataset.test])
     labels = [t.label for t in dataset.test]
-    raw: dict[str, list[torch.Tensor]] = {}
     with torch.inference_mode():
-        for i in range(0, len(images), EVAL_BATCH):
-            maps, _ = model.eval().raw_maps(torch.from_numpy(images[i:i + EVAL_BATCH]))
-            for name, m in maps.items():
-                raw.setdefault(name, []).append(m)
-    out = {SHORT[name]: model.standardise(name, torch.cat(m)) for name, m in raw.items()}
+        raw = raw_maps_in_batches(model.eval(), images, batch=EVAL_BATCH)
+    out = {SHORT[name]: model.standardise(name, m) for name, m in raw.items()}
     if "rec" in out and "features" in out:
         out["fused"] = out["rec"] + out["features"]
     scored = {k: (np.array(labels), m.flatten(1).amax(1).numpy()) for k, m in out.items()}
