@@ -55,7 +55,7 @@ def check_onnx_matches(backend, model: ActionModel, path) -> None:
 
 def split_outputs(outputs, index: int) -> dict[str, np.ndarray]:
     """Row ``index`` of a step's outputs (NamedTuple from either backend) -> per-frame numpy arrays."""
-    return {name: getattr(outputs, name)[index].float().numpy() for name in OUTPUT_FIELDS}
+    return {name: getattr(outputs, name)[index].float().cpu().numpy() for name in OUTPUT_FIELDS}
 
 
 class _ActionStreamDecoder:

@@ -174,7 +174,7 @@ class AnomalyTask:
                 torch.from_numpy(np.stack([s.valid for s in segments])))
 
     def split(self, outputs, index: int) -> dict[str, np.ndarray]:
-        return {name: getattr(outputs, name)[index].float().numpy() for name in outputs._fields}
+        return {name: getattr(outputs, name)[index].float().cpu().numpy() for name in outputs._fields}
 
     def new_decoder(self, stream_id: str) -> _AnomalyStreamDecoder:
         decoder = _AnomalyStreamDecoder(self)

@@ -118,7 +118,7 @@ class AsrTask:
 
     def split(self, outputs, index: int) -> np.ndarray:
         log_probs = outputs.log_probs if hasattr(outputs, "log_probs") else outputs
-        return log_probs[index].float().numpy()
+        return log_probs[index].float().cpu().numpy()
 
     def new_decoder(self, stream_id: str) -> _AsrDecoder:
         return _AsrDecoder(self)

@@ -57,7 +57,7 @@ def check_onnx_matches(backend, model: TrackModel, path, public: bool = False) -
 
 
 def split_outputs(outputs, index: int) -> dict[str, np.ndarray]:
-    return {name: getattr(outputs, name)[index].numpy() for name in OUTPUT_FIELDS}
+    return {name: getattr(outputs, name)[index].cpu().numpy() for name in OUTPUT_FIELDS}
 
 
 def public_dets(rows: np.ndarray, width: int, height: int, k: int) -> np.ndarray:
