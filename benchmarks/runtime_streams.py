@@ -1,6 +1,7 @@
 """Throughput of the runtime with N streams batched into one step vs the same streams stepped one at a time.
 
     python benchmarks/runtime_streams.py [--preset core-tiny] [--set dim=32] [--streams 1,2,4,8] [--repeats 3]
+                                         [--device cuda]
 
 Prints one JSON object:
 - ``throughput``: segments/s through the whole runner (segmenter, encode, step, decoder, a JSON Lines sink
@@ -11,6 +12,10 @@ Prints one JSON object:
 - ``runtime_overhead_ms``: runner wall time per segment minus model step time per segment (batched; the
   sequential figure beside it);
 - ``model_only``: the bare ``backend.step`` at batch 1 and N (no runner), the ceiling batching can reach.
+
+With ``--device cuda`` the step is queued on the GPU and waited for when the decoder reads its output, so
+``model_step_ms_per_segment`` is then the launch time and ``runtime_overhead_ms`` includes the GPU's work;
+``throughput`` and ``model_only`` (timed to the end of the queued work) are comparable across devices.
 
 Sources are in memory (one packet per segment of 16 kHz mono noise), so decoding does not dominate. Every
 repeat runs every configuration in turn (interleaved) and the medians are reported.
@@ -79,10 +84,17 @@ def model_only(task, backend, n: int, steps: int = 100) -> float:
     reset = torch.zeros(n, dtype=torch.bool)
     for _ in range(5):
         _, state = backend.step(x, state, reset, mask)
+    _synchronize(backend.device)
     t0 = time.perf_counter()
     for _ in range(steps):
         _, state = backend.step(x, state, reset, mask)
+    _synchronize(backend.device)  # CUDA steps are queued: time them to their end
     return n * steps / (time.perf_counter() - t0)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def task_segment(task):
@@ -101,12 +113,13 @@ def main() -> None:
                    help="override a CoreConfig field of the preset (e.g. --set dim=32 --set heads=2)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: at these sizes more threads only add sync cost)")
+    p.add_argument("--device", default="cpu", help="torch device of the model step, e.g. cuda (default cpu)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     counts = [int(c) for c in args.streams.split(",")]
     overrides = {k: int(v) if v.isdigit() else v for k, v in (item.split("=", 1) for item in args.set)}
     task = CoreProbeTask("audio", build(args.preset, **overrides))
-    backend = TorchBackend(task.model)
+    backend = TorchBackend(task.model, args.device)
     packets = [make_packets(task, args.segments, seed=k) for k in range(max(counts))]
     run_once(task, backend, packets[:2], sequential=False)  # warm-up
     runs: dict[tuple[int, str], list[dict]] = {}
@@ -129,7 +142,8 @@ def main() -> None:
     result = {
         "preset": args.preset, "core": {"dim": cfg.dim, "heads": cfg.heads, "layers": cfg.layers,
                                         "segment": cfg.segment, "memory": cfg.memory},
-        "threads": args.threads, "cpu_count": os.cpu_count(),
+        "threads": args.threads, "cpu_count": os.cpu_count(), "device": str(backend.device),
+        "device_name": torch.cuda.get_device_name(backend.device) if backend.device.type == "cuda" else None,
         "segments_per_stream": args.segments, "repeats": args.repeats,
         "throughput": {str(n): {"batched": round(med(n, "batched", "throughput"), 1),
                                 "sequential": round(med(n, "sequential", "throughput"), 1)} for n in counts},
