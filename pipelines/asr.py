@@ -1,10 +1,11 @@
 """Speech recognition commands: ``memstream train asr``, ``export asr`` and ``run asr``.
 
 Training (:class:`AsrObjective` for :func:`memstream.pipelines.train.train`): whole utterances through
-``forward_sequence`` (numerically the streaming path, segment size as at inference), SpecAugment on the
-normalised features (torchaudio's iid masks), CTC loss. The feature normalisation statistics are measured
-on the training corpus before the first step and saved with the weights. Evaluation lives in
-:mod:`memstream.pipelines.asr_eval`.
+``forward_sequence`` (numerically the streaming path, segment size as at inference), optional vocal tract
+length perturbation (VTLP: each utterance's filterbank frequencies scaled by a random factor, so formants
+move as between speakers), SpecAugment on the normalised features (torchaudio's iid masks), CTC loss. The
+feature normalisation statistics are measured on the training corpus before the first step and saved with
+the weights. Evaluation lives in :mod:`memstream.pipelines.asr_eval`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -49,6 +51,34 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 
+def warped_mel_filters(model: AsrModel, alphas: Tensor) -> Tensor:
+    """The model's HTK mel filters with every frequency scaled by ``alpha``: (A,) -> (A, bins, n_mels).
+
+    Filter ``m`` evaluated at ``alpha * f`` (its corners move to ``corner / alpha``), so a spectrum whose
+    formants sit ``alpha`` times higher gives the features the unwarped filters give the original: the warp of
+    Jaitly & Hinton's VTLP, applied to the filterbank instead of resampling the spectrum. ``alpha = 1`` gives
+    torchaudio's ``melscale_fbanks`` (what the model uses).
+    """
+    cfg = model.cfg
+    freqs = torch.linspace(0, cfg.sample_rate // 2, cfg.n_fft // 2 + 1, dtype=torch.float64)
+    mel_lo, mel_hi = (2595.0 * math.log10(1.0 + f / 700.0) for f in (cfg.f_min, cfg.f_max))
+    corners = 700.0 * (10 ** (torch.linspace(mel_lo, mel_hi, cfg.n_mels + 2, dtype=torch.float64) / 2595.0) - 1.0)
+    corners = corners / alphas.double().cpu().unsqueeze(1)  # (A, n_mels + 2)
+    lo, mid, hi = corners[:, None, :-2], corners[:, None, 1:-1], corners[:, None, 2:]
+    f = freqs[None, :, None]
+    rising, falling = (f - lo) / (mid - lo), (hi - f) / (hi - mid)
+    return torch.minimum(rising, falling).clamp(min=0.0).float()
+
+
+def warped_features(model: AsrModel, audio: Tensor, alphas: Tensor) -> Tensor:
+    """audio: (B, N) (a whole number of segments), alphas: (B,) -> normalised log-mel (B, N / hop, n_mels) with
+    each utterance's filterbank warped by its alpha (see :func:`warped_mel_filters`)."""
+    lm = model.features
+    re, im = (model.frames(audio) @ lm.basis).chunk(2, dim=-1)
+    mel = warped_mel_filters(model, alphas).to(audio.device)
+    return (torch.log(torch.bmm(re * re + im * im, mel) + 1e-6) - lm.mean) / lm.std
+
+
 def ctc_frames_needed(ids: Sequence[int]) -> int:
     """Output frames a CTC alignment of ``ids`` needs: one per label plus a blank between repeats."""
     return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
@@ -65,13 +95,18 @@ class AsrObjective:
         max_batch_seconds: padded audio per batch (batch size x longest utterance), seconds.
         freq_masks, freq_width, time_masks, time_width: SpecAugment (masks per utterance, widest mask in mel
             bins / feature frames); 0 masks turn it off.
+        vtlp: each training utterance's frequencies are scaled by a factor drawn uniformly from
+            [1 - vtlp, 1 + vtlp] (0 turns it off; 0.1 is the usual range).
     """
 
     def __init__(self, model: AsrModel, utterances: Sequence[Utterance], *, max_batch_seconds: float = 160.0,
                  freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2, time_width: int = 40,
-                 extra_config: dict | None = None, cache_audio: bool = True) -> None:
+                 extra_config: dict | None = None, cache_audio: bool = True, vtlp: float = 0.0) -> None:
         if not max_batch_seconds > 0:
             raise ValueError(f"AsrObjective: max_batch_seconds={max_batch_seconds} must be positive")
+        if not 0.0 <= vtlp < 0.5:
+            raise ValueError(f"AsrObjective: vtlp={vtlp} must be in [0, 0.5)")
+        self.vtlp = vtlp
         self.model_cfg = cfg = model.cfg
         samples_per_frame = cfg.segment_samples // cfg.core.segment
         kept, self.targets = [], []
@@ -132,7 +167,11 @@ class AsrObjective:
     def loss(self, model: AsrModel, batch, window: int, state) -> tuple[Tensor, None, dict[str, float]]:
         device = next(model.parameters()).device
         audio, lengths, targets, target_lengths = (t.to(device) for t in batch)
-        feats = model.features_sequence(model.pad(audio))
+        if model.training and self.vtlp:
+            alphas = 1.0 + self.vtlp * (2.0 * torch.rand(len(lengths)) - 1.0)
+            feats = warped_features(model, model.pad(audio), alphas)
+        else:
+            feats = model.features_sequence(model.pad(audio))
         if model.training:
             feats = self.augment(feats)
         mask = model.token_mask(lengths, feats.shape[1] // SUBSAMPLING)
@@ -200,6 +239,9 @@ def cli_train(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
     p.add_argument("--no-specaugment", action="store_true")
+    p.add_argument("--vtlp", type=float, default=0.0,
+                   help="vocal tract length perturbation: scale each utterance's frequencies by a random factor in "
+                        "[1 - VTLP, 1 + VTLP] (default 0: off; 0.1 is usual)")
     p.add_argument("--no-cache", action="store_true",
                    help="decode the audio for every batch instead of keeping the corpus in RAM (large corpora)")
     args = p.parse_args(argv)
@@ -232,7 +274,7 @@ def cli_train(argv: list[str]) -> int:
     objective = AsrObjective(model, utterances, max_batch_seconds=args.batch_seconds,
                              extra_config={"preset": args.preset, "command": command, "corpus_fingerprint": fingerprint,
                                            "corpus": str(Path(args.data).resolve())},
-                             cache_audio=not args.no_cache, **spec)
+                             cache_audio=not args.no_cache, vtlp=args.vtlp, **spec)
     if not resuming:  # a resumed run loads the statistics with the weights
         start = time.perf_counter()
         mean, std = feature_stats(model, objective)

@@ -153,6 +153,44 @@ def test_objective_batches_are_the_same_with_and_without_the_audio_cache(corpus)
     assert len(cached._audio) == len(cached.utterances) and not fresh._audio
 
 
+def test_vtlp_filters_are_torchaudios_at_one_and_move_a_tone_by_alpha():
+    from memstream.pipelines.asr import warped_features, warped_mel_filters
+
+    model = tiny_asr().eval()
+    filters = warped_mel_filters(model, torch.tensor([1.0, 1.1, 0.9]))
+    assert filters.shape == (3, *model.features.mel.shape)
+    assert torch.allclose(filters[0], model.features.mel, atol=1e-5)  # alpha 1: the model's own filters
+    audio = torch.randn(2, 4 * model.cfg.segment_samples)
+    assert torch.allclose(warped_features(model, audio, torch.ones(2)), model.features_sequence(audio), atol=1e-4)
+    # a 1 kHz tone read through filters warped by alpha looks like a tone at alpha kHz through the plain ones
+    t = torch.arange(4 * model.cfg.segment_samples) / model.cfg.sample_rate
+    tone = lambda hz: torch.sin(2 * torch.pi * hz * t)  # noqa: E731
+    warped = warped_features(model, torch.stack([tone(1000.0)] * 2), torch.tensor([1.1, 0.9]))[:, 20]
+    plain = model.features_sequence(torch.stack([tone(1100.0), tone(900.0)]))[:, 20]
+    assert warped.argmax(-1).tolist() == plain.argmax(-1).tolist()
+    assert plain.argmax(-1).tolist()[0] > model.features_sequence(tone(1000.0)[None])[0, 20].argmax().item()
+
+
+@needs_synth
+def test_vtlp_changes_training_features_only(corpus):
+    from memstream.pipelines.asr import AsrObjective
+
+    model = tiny_asr()  # no dropout (the core default), so in train mode only the warp may differ
+    utterances = read_corpus(corpus / "train")
+    with pytest.raises(ValueError, match="vtlp=0.7"):
+        AsrObjective(model, utterances, vtlp=0.7)
+    plain, warped = (AsrObjective(model, utterances, max_batch_seconds=30.0, vtlp=v, freq_masks=0, time_masks=0)
+                     for v in (0.0, 0.1))
+    batch = next(iter(plain.batches(0, 1, 0, 0)))
+    model.train()
+    a, b = plain.loss(model, batch, 0, None)[0], warped.loss(model, batch, 0, None)[0]
+    assert torch.isfinite(b) and not torch.isclose(a, b)
+    assert torch.equal(a, plain.loss(model, batch, 0, None)[0])  # without the warp, train mode is deterministic
+    model.eval()  # evaluation never warps
+    with torch.no_grad():
+        assert torch.equal(plain.loss(model, batch, 0, None)[0], warped.loss(model, batch, 0, None)[0])
+
+
 @needs_synth
 def test_resume_on_another_corpus_is_refused(trained, corpus, tmp_path, capsys):
     import shutil as sh
