@@ -13,9 +13,8 @@ Prints one JSON object:
   sequential figure beside it);
 - ``model_only``: the bare ``backend.step`` at batch 1 and N (no runner), the ceiling batching can reach.
 
-With ``--device cuda`` the step is queued on the GPU and waited for when the decoder reads its output, so
-``model_step_ms_per_segment`` is then the launch time and ``runtime_overhead_ms`` includes the GPU's work;
-``throughput`` and ``model_only`` (timed to the end of the queued work) are comparable across devices.
+With ``--device cuda`` the runner's step time includes the GPU's work (the runner copies the outputs to the
+CPU inside it), and ``model_only`` is timed to the end of the queued work.
 
 Sources are in memory (one packet per segment of 16 kHz mono noise), so decoding does not dominate. Every
 repeat runs every configuration in turn (interleaved) and the medians are reported.
