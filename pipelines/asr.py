@@ -73,10 +73,10 @@ def warped_mel_filters(model: AsrModel, alphas: Tensor) -> Tensor:
 def warped_features(model: AsrModel, audio: Tensor, alphas: Tensor) -> Tensor:
     """audio: (B, N) (a whole number of segments), alphas: (B,) -> normalised log-mel (B, N / hop, n_mels) with
     each utterance's filterbank warped by its alpha (see :func:`warped_mel_filters`)."""
-    lm = model.features
-    re, im = (model.frames(audio) @ lm.basis).chunk(2, dim=-1)
+    logmel = model.features
+    re, im = (model.frames(audio) @ logmel.basis).chunk(2, dim=-1)
     mel = warped_mel_filters(model, alphas).to(audio.device)
-    return (torch.log(torch.bmm(re * re + im * im, mel) + 1e-6) - lm.mean) / lm.std
+    return (torch.log(torch.bmm(re * re + im * im, mel) + 1e-6) - logmel.mean) / logmel.std
 
 
 def ctc_frames_needed(ids: Sequence[int]) -> int:
