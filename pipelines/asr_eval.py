@@ -143,14 +143,14 @@ def plot_wer_by_length(result: dict, path: str | Path, title: str = "WER by utte
     return save_figure(fig, path, dpi="figure")
 
 
-def backend_for(model, kind: str, onnx_path: str | None = None, threads: int | None = None):
+def backend_for(model, kind: str, onnx_path: str | None = None, threads: int | None = None, device: str = "cpu"):
     """``torch`` or ``onnx`` (exported to a temporary file unless ``onnx_path`` is given; a given graph must
-    match ``model``'s vocabulary, segment and frame timing, which the task decodes with)."""
+    match ``model``'s vocabulary, segment and frame timing, which the task decodes with) on ``device``."""
     from memstream.pipelines.asr import export_asr
     from memstream.pipelines.launch import model_backend
 
     return model_backend(model, kind, export=export_asr, check=check_onnx_matches, onnx_path=onnx_path,
-                         threads=threads)
+                         threads=threads, device=device)
 
 
 def cli_eval(argv: list[str]) -> int:
@@ -167,6 +167,9 @@ def cli_eval(argv: list[str]) -> int:
     p.add_argument("--no-endpoint", action="store_true", help="decode each recording as one utterance")
     p.add_argument("--limit", type=int, help="only the first N utterances")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu",
+                   help="torch device of the model step, e.g. cuda; with --backend onnx, anything but cpu picks the "
+                        "best provider ONNX Runtime has (default cpu). Decoding stays on the CPU")
     p.add_argument("--plot", help="write a PNG of WER against utterance length here")
     p.add_argument("--json", action="store_true", help="print one JSON object (default: a short report)")
     p.add_argument("--details", help="write per-utterance reference/hypothesis JSON Lines here")
@@ -184,9 +187,9 @@ def cli_eval(argv: list[str]) -> int:
     method = "lm" if lm else args.method
     task = AsrTask(model, method=method, beam=args.beam, endpoint=None if args.no_endpoint else DEFAULT_ENDPOINT,
                    lm=lm)
-    backend = backend_for(model, args.backend, args.onnx, args.threads)
+    backend = backend_for(model, args.backend, args.onnx, args.threads, args.device)
     result = evaluate(backend, task, utterances, progress=sys.stderr.isatty(), keep=bool(args.details))
-    result.update({"backend": args.backend, "method": method})
+    result.update({"backend": args.backend, "method": method, "device": args.device})
     if lm:
         result["lm"] = {"path": lm.path, "weight": lm.weight, "word_score": lm.word_score, "beam": lm.beam}
     if args.details:

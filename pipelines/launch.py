@@ -147,17 +147,21 @@ def onnx_backend(task, path: str | Path, device: str = "cpu", export: bool = Tru
     return backend
 
 
-def model_backend(model, kind: str, *, export, check, onnx_path: str | None = None, threads: int | None = None):
+def model_backend(model, kind: str, *, export, check, onnx_path: str | None = None, threads: int | None = None,
+                  device: str = "cpu"):
     """``torch`` or ``onnx`` for evaluation: ``export(model, path)`` to a temporary file unless ``onnx_path`` is
-    given, then ``check(backend, model, path)`` (a given graph must match the checkpoint the decoder uses)."""
+    given, then ``check(backend, model, path)`` (a given graph must match the checkpoint the decoder uses).
+    ``device``: the torch device, or for ONNX Runtime ``cpu`` (the CPU provider) or anything else (the best
+    provider the installed build has: TensorRT, CUDA, then CPU)."""
     from memstream.export import OnnxBackend, TorchBackend
 
     if kind == "torch":
-        return TorchBackend(model)
+        return TorchBackend(model, device)
     if kind != "onnx":
         raise ValueError(f"backend {kind!r}: choose torch or onnx")
+    providers = ["CPUExecutionProvider"] if str(device) == "cpu" else None
     if onnx_path is not None:
-        backend = OnnxBackend(onnx_path, providers=["CPUExecutionProvider"], threads=threads)
+        backend = OnnxBackend(onnx_path, providers=providers, threads=threads)
         check(backend, model, onnx_path)
         return backend
     import tempfile
@@ -166,7 +170,7 @@ def model_backend(model, kind: str, *, export, check, onnx_path: str | None = No
     with tempfile.TemporaryDirectory(prefix="memstream-") as folder:
         path = str(Path(folder) / "model.onnx")
         export(model, path)
-        backend = OnnxBackend(path, providers=["CPUExecutionProvider"], threads=threads)
+        backend = OnnxBackend(path, providers=providers, threads=threads)
         check(backend, model, path)
     return backend
 

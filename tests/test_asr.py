@@ -209,6 +209,7 @@ def test_eval_json_plot_and_onnx_backend_agree(trained, corpus, tmp_path, capsys
     assert cli.main(argv + ["--plot", str(plot)]) == 0
     torch_result = json.loads(capsys.readouterr().out)
     assert {"wer", "cer", "rtf", "num_utterances", "audio_seconds", "wer_by_length"} <= set(torch_result)
+    assert torch_result["device"] == "cpu"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(argv + ["--backend", "onnx"]) == 0
     onnx_result = json.loads(capsys.readouterr().out)

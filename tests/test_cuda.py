@@ -124,24 +124,46 @@ def test_cuda_task_events_equal_cpu(name):
     _close(gpu, cpu, name)
 
 
-def test_cuda_train_asr_runs_and_loads_on_cpu(tmp_path):
-    """A few optimiser steps of ``memstream train asr --device cuda``; the checkpoint loads on the CPU."""
+def _sample_corpus(folder) -> str:
+    """The bundled ASR sample cut into four ~7 s clips, each with a quarter of the words (alignment is not the
+    point), as a ``transcripts.tsv`` corpus."""
     import soundfile as sf
-    from memstream.pipelines.asr import bundled_sample, cli_train
-    from memstream.pipelines.asr_task import bundled_asr_dir, load_asr_model
+    from memstream.pipelines.asr import bundled_sample
+    from memstream.pipelines.asr_task import bundled_asr_dir
 
     audio, rate = sf.read(str(bundled_sample()), dtype="float32")
     words = (bundled_asr_dir() / "sample.txt").read_text().split()
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
+    folder.mkdir()
     rows = ["file\treference"]
-    for i in range(4):  # four clips of ~7 s, each with a quarter of the words (alignment is not the point)
+    for i in range(4):
         n = len(audio) // 4
-        sf.write(str(corpus / f"u{i}.flac"), audio[i * n:(i + 1) * n], rate)
+        sf.write(str(folder / f"u{i}.flac"), audio[i * n:(i + 1) * n], rate)
         rows.append(f"u{i}.flac\t{' '.join(words[i * len(words) // 4:(i + 1) * len(words) // 4])}")
-    (corpus / "transcripts.tsv").write_text("\n".join(rows) + "\n")
+    (folder / "transcripts.tsv").write_text("\n".join(rows) + "\n")
+    return str(folder)
+
+
+def test_cuda_eval_asr_gives_the_cpus_transcripts(tmp_path, capsys):
+    from memstream.pipelines import cli
+
+    corpus = _sample_corpus(tmp_path / "corpus")
+    hypotheses = {}
+    for device in ("cpu", "cuda"):
+        details = tmp_path / f"{device}.jsonl"
+        assert cli.main(["eval", "asr", "--data", corpus, "--json", "--device", device, "--details", str(details)]) == 0
+        assert json.loads(capsys.readouterr().out)["device"] == device
+        hypotheses[device] = [json.loads(line)["hypothesis"] for line in details.read_text().splitlines()]
+    assert hypotheses["cuda"] == hypotheses["cpu"]
+
+
+def test_cuda_train_asr_runs_and_loads_on_cpu(tmp_path):
+    """A few optimiser steps of ``memstream train asr --device cuda``; the checkpoint loads on the CPU."""
+    from memstream.pipelines.asr import cli_train
+    from memstream.pipelines.asr_task import load_asr_model
+
+    corpus = _sample_corpus(tmp_path / "corpus")
     out = tmp_path / "run"
-    assert cli_train(["--data", str(corpus), "--out", str(out), "--steps", "3", "--batch-seconds", "30",
+    assert cli_train(["--data", corpus, "--out", str(out), "--steps", "3", "--batch-seconds", "30",
                       "--device", "cuda", "--log-every", "1"]) == 0
     model, _ = load_asr_model(str(out))
     assert next(model.parameters()).device.type == "cpu"
