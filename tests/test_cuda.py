@@ -1,5 +1,6 @@
-"""The CUDA path: every memory type streams on the GPU as on the CPU, and every task's bundled model gives
-the same events through the runner with ``device="cuda"`` as with the CPU.
+"""The CUDA path: every memory type streams on the GPU as on the CPU, every task's bundled model gives the
+same events through the runner with ``device="cuda"`` as with the CPU, ``eval asr --device cuda`` gives the
+CPU's transcripts, and ``train asr --device cuda`` trains.
 
 Skipped where no CUDA device is visible (CI and the development machines have none); run it on a GPU machine
 with ``python -m pytest tests/test_cuda.py``.
