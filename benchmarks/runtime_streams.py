@@ -13,8 +13,7 @@ Prints one JSON object:
   sequential figure beside it);
 - ``model_only``: the bare ``backend.step`` at batch 1 and N (no runner), the ceiling batching can reach.
 
-With ``--device cuda`` the runner's step time includes the GPU's work (the runner copies the outputs to the
-CPU inside it), and ``model_only`` is timed to the end of the queued work.
+With ``--device cuda`` every step time includes the GPU's work: the backend returns the outputs on the CPU.
 
 Sources are in memory (one packet per segment of 16 kHz mono noise), so decoding does not dominate. Every
 repeat runs every configuration in turn (interleaved) and the medians are reported.
@@ -83,17 +82,10 @@ def model_only(task, backend, n: int, steps: int = 100) -> float:
     reset = torch.zeros(n, dtype=torch.bool)
     for _ in range(5):
         _, state = backend.step(x, state, reset, mask)
-    _synchronize(backend.device)
     t0 = time.perf_counter()
     for _ in range(steps):
         _, state = backend.step(x, state, reset, mask)
-    _synchronize(backend.device)  # CUDA steps are queued: time them to their end
     return n * steps / (time.perf_counter() - t0)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def task_segment(task):

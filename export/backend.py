@@ -2,7 +2,8 @@
 
     outputs, state = backend.step(x, state, reset, mask)
 
-with torch tensors in and out, so the runtime never knows which one it drives.
+with torch tensors in and out, so the runtime never knows which one it drives. Both return the outputs on
+the CPU, where decoders read them; the state stays where the model runs.
 """
 
 from __future__ import annotations
@@ -22,8 +23,21 @@ log = logging.getLogger(__name__)
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
+def _to_host(outputs):
+    """A step's outputs (a tensor or a NamedTuple of tensors) on the CPU, one copy per field.
+
+    Decoders read the outputs one stream's row at a time; rows of a GPU tensor would each be a separate
+    device-to-host copy that waits for the device, once per stream per step.
+    """
+    if isinstance(outputs, Tensor):
+        return outputs.cpu()
+    if isinstance(outputs, tuple) and hasattr(outputs, "_fields"):
+        return type(outputs)(*(_to_host(o) for o in outputs))
+    return outputs
+
+
 class TorchBackend:
-    """Runs a PyTorch model's ``step`` in inference mode on ``device``."""
+    """Runs a PyTorch model's ``step`` in inference mode on ``device``; outputs come back on the CPU."""
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
@@ -39,7 +53,8 @@ class TorchBackend:
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)
         extra = {k: v.to(self.device) for k, v in extra.items()}
-        return self.model.step(x, state, reset.to(self.device), mask.to(self.device), **extra)
+        outputs, state = self.model.step(x, state, reset.to(self.device), mask.to(self.device), **extra)
+        return _to_host(outputs), state
 
 
 def _numpy_dtype(name: str) -> np.dtype:

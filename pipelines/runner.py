@@ -79,19 +79,6 @@ class _Stream:
     space: threading.Condition | None = None  # the reader waits on it while the queue is full
 
 
-def _to_host(outputs):
-    """A step's outputs (a tensor or a NamedTuple of tensors) on the CPU, one copy per field.
-
-    The decoders read the outputs one stream's row at a time; rows of a GPU tensor would each be a separate
-    device-to-host copy that waits for the device, once per stream per step.
-    """
-    if isinstance(outputs, torch.Tensor):
-        return outputs.cpu()
-    if isinstance(outputs, tuple) and hasattr(outputs, "_fields"):
-        return type(outputs)(*(_to_host(o) for o in outputs))
-    return outputs
-
-
 def is_open(source: Source) -> bool:
     return isinstance(getattr(source, "info", None), SourceInfo)
 
@@ -311,7 +298,6 @@ class StreamRunner:
             extra = self.task.step_inputs([st.decoder for st, _, _ in batch]) if hasattr(
                 self.task, "step_inputs") else {}
             outputs, new = self.backend.step(x, rows, reset, mask, **extra)
-            outputs = _to_host(outputs)  # waits for a GPU step to finish, so step_s is its real time
             step_s = time.perf_counter() - t1
             if whole:
                 self._state = type(self._state)(*(n.to(device) for n in new))
