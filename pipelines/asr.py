@@ -27,6 +27,7 @@ import torchaudio
 from memstream.memory import MEMORY_TYPES
 from memstream.models import build, list_models
 from memstream.models.asr import SUBSAMPLING, AsrModel
+from memstream.models.checkpoint import load_weights, read_config
 from memstream.pipelines.asr_lm import add_lm_arguments, lm_from_args
 from memstream.pipelines.asr_task import (
     DEFAULT_ENDPOINT,
@@ -213,6 +214,24 @@ def feature_stats(model: AsrModel, objective: AsrObjective, utterances: int = 40
     return mean.float(), std.float()
 
 
+def init_weights(model: AsrModel, checkpoint: str | Path) -> None:
+    """Warm start: load a checkpoint's weights (with its feature statistics) into ``model``, whose configuration
+    must be the checkpoint's (dropout may differ)."""
+    config = read_config(checkpoint)
+    if config.get("model") != MODEL_KIND:
+        raise ValueError(f"--init {checkpoint}: model kind {config.get('model')!r} is not {MODEL_KIND!r}")
+    ours, theirs = model.cfg.to_dict(), config.get("config", {})
+    diff = [f"{k}={theirs.get(k)!r} (here {v!r})" for k, v in ours.items() if k != "core" and theirs.get(k) != v]
+    core = theirs.get("core", {})
+    diff += [f"core.{k}={core.get(k)!r} (here {v!r})" for k, v in ours["core"].items()
+             if k != "dropout" and core.get(k) != v]
+    if diff:
+        raise ValueError(f"--init {checkpoint}: its configuration differs from this run's: {', '.join(diff)}; "
+                         f"pick the checkpoint's --preset and --memory")
+    load_weights(checkpoint, model)
+    log.info("warm start from %s (preset %s)", checkpoint, config.get("preset"))
+
+
 def cli_train(argv: list[str]) -> int:
     from memstream.pipelines.asr_eval import evaluate_sequences
     from memstream.pipelines.train import TrainConfig, check_resume_data, train
@@ -238,6 +257,9 @@ def cli_train(argv: list[str]) -> int:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="warm start: weights and feature statistics from a checkpoint of the same configuration (a "
+                        "fresh optimiser and schedule; to continue an interrupted run, train into its --out instead)")
     p.add_argument("--no-specaugment", action="store_true")
     p.add_argument("--vtlp", type=float, default=0.0,
                    help="vocal tract length perturbation: scale each utterance's frequencies by a random factor in "
@@ -258,7 +280,10 @@ def cli_train(argv: list[str]) -> int:
         if args.memory not in (None, "none"):
             raise ValueError(f"--full-context has no memory; drop --memory {args.memory}")
         overrides = {"memory": "none", "full_context": True}
-    model = build(args.preset, **overrides).to(args.device)
+    model = build(args.preset, **overrides)
+    if args.init:
+        init_weights(model, args.init)
+    model = model.to(args.device)
     corpus = read_corpus(args.data)
     utterances = [u for u in corpus if (u.duration or 0) <= args.max_utterance_seconds]
     if not utterances:
@@ -275,7 +300,7 @@ def cli_train(argv: list[str]) -> int:
                              extra_config={"preset": args.preset, "command": command, "corpus_fingerprint": fingerprint,
                                            "corpus": str(Path(args.data).resolve())},
                              cache_audio=not args.no_cache, vtlp=args.vtlp, **spec)
-    if not resuming:  # a resumed run loads the statistics with the weights
+    if not resuming and not args.init:  # a resumed or warm-started run has the statistics with its weights
         start = time.perf_counter()
         mean, std = feature_stats(model, objective)
         model.features.mean.copy_(mean)

@@ -202,6 +202,25 @@ def test_resume_on_another_corpus_is_refused(trained, corpus, tmp_path, capsys):
 
 
 @needs_synth
+def test_warm_start_loads_weights_and_statistics_and_refuses_another_configuration(trained, corpus, tmp_path,
+                                                                                   capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "warm"
+    code = cli.main(["train", "asr", "--data", str(corpus / "train"), "--init", str(trained), "--out", str(out),
+                     "--steps", "1", "--lr", "1e-12", "--batch-seconds", "40", "--threads", "2"])
+    assert code == 0
+    before, after = load_file(str(trained / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert torch.equal(before["features.mean"], after["features.mean"])  # not recomputed from the corpus
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    assert "--init" in json.loads((out / "config.json").read_text())["command"]
+    capsys.readouterr()
+    code = cli.main(["train", "asr", "--data", str(corpus / "train"), "--init", str(trained), "--memory", "slots",
+                     "--out", str(tmp_path / "other"), "--steps", "1"])
+    assert code == 2 and "core.memory='queue' (here 'slots')" in capsys.readouterr().err
+
+
+@needs_synth
 def test_eval_json_plot_and_onnx_backend_agree(trained, corpus, tmp_path, capsys):
     plot = tmp_path / "wer.png"
     argv = ["eval", "asr", "--data", str(corpus / "test-longform"), "--checkpoint", str(trained), "--json", "--threads",
