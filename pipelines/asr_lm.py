@@ -118,8 +118,13 @@ def write_arpa(path: Path, prob: dict[tuple, float], backoff: dict[tuple, float]
 
 
 def build_language_model(texts: Iterable[str], out: str | Path, vocab: list[str], order: int = 3,
-                         discount: float = 0.7) -> dict:
-    """Transcripts -> ``out/lexicon.txt`` and ``out/lm.arpa`` (see the module docstring). Returns a summary."""
+                         discount: float = 0.7, extra_words: Iterable[str] = ()) -> dict:
+    """Transcripts -> ``out/lexicon.txt`` and ``out/lm.arpa`` (see the module docstring). Returns a summary.
+
+    ``extra_words`` (e.g. a dictionary's word list; normalised as transcripts are, and left out where that makes
+    more than one word) join the lexicon and the unigram with a count of 0: the
+    add-one smoothing gives each the probability of ``<unk>``, so a word the transcripts never had can still be
+    recognised, at the cost the n-gram puts on a word it has not seen."""
     from memstream.pipelines.speech_data import normalize_text
 
     if order < 1:
@@ -137,6 +142,13 @@ def build_language_model(texts: Iterable[str], out: str | Path, vocab: list[str]
     if not sentences:
         raise ValueError("asr-lm: no words in the transcripts")
     counts = ngram_counts(sentences, order)
+    added = 0
+    for word in extra_words:
+        w = normalize_text(word)
+        # an entry that normalises to several words (x-ray, r2d2) is no one word's spelling
+        if w and " " not in w and set(w) <= letters and (w,) not in counts[1]:
+            counts[1][(w,)] = 0
+            added += 1
     prob, backoff = interpolated_ngrams(counts, discount)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +157,7 @@ def build_language_model(texts: Iterable[str], out: str | Path, vocab: list[str]
     write_arpa(out / ARPA, prob, backoff, order)
     summary = {"sentences": len(sentences), "words": sum(len(s) for s in sentences), "lexicon": len(words),
                "order": order, "discount": discount, "ngrams": [len(c) for c in counts[1:]],
-               "dropped_words": dropped}
+               "dropped_words": dropped, "extra_words": added}
     (out / "lm.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -264,8 +276,17 @@ def cli_data(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="output folder: lexicon.txt, lm.arpa, lm.json")
     p.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
     p.add_argument("--discount", type=float, default=0.7, help="absolute discount D (default 0.7)")
+    p.add_argument("--words", action="append", default=[], metavar="FILE",
+                   help="a word list (one word per line, e.g. /usr/share/dict/words from Debian's wamerican) whose "
+                        "words join the lexicon at the unseen-word probability; repeatable")
     args = p.parse_args(argv)
     corpus = read_corpus(args.data)
-    summary = build_language_model((u.text for u in corpus), args.out, list(CHARS), args.order, args.discount)
+    extra = []
+    for path in args.words:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--words {path}: no such file")
+        extra += Path(path).read_text(encoding="utf-8", errors="replace").split()
+    summary = build_language_model((u.text for u in corpus), args.out, list(CHARS), args.order, args.discount,
+                                   extra_words=extra)
     print(json.dumps(summary))
     return 0

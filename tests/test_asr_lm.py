@@ -52,6 +52,25 @@ def test_ngram_is_a_distribution_in_every_context(order):
     assert _p(prob, backoff, ("hello", "world")) > _p(prob, backoff, ("hello", "mat"))  # seen beats unseen
 
 
+def test_extra_words_join_the_lexicon_at_the_unseen_word_probability(tmp_path):
+    sentences = [t.split() for t in TEXTS]
+    counts = ngram_counts(sentences, 3)
+    for w in ("zebra", "giraffe"):
+        counts[1][(w,)] = 0
+    prob, backoff = interpolated_ngrams(counts, discount=0.7)
+    vocab = sorted({w for s in sentences for w in s} | {"</s>", "<unk>", "zebra", "giraffe"})
+    for h in [("<s>",), ("hello",), ("the", "world"), ("zebra", "the")]:
+        assert sum(_p(prob, backoff, (*h, w)) for w in vocab) == pytest.approx(1.0, abs=1e-9), h
+    assert prob[("zebra",)] == prob[("<unk>",)] < prob[("mat",)]
+    summary = build_language_model(TEXTS, tmp_path, VOCAB, extra_words=["Zebra", "giraffe's", "hello", "café",
+                                                                         "x-ray", "r2d2"])
+    lexicon = dict(line.split("\t") for line in (tmp_path / LEXICON).read_text().splitlines())
+    # normalised as transcripts are; a word the transcripts have is not added twice; an entry that normalises to
+    # several words is left out
+    assert {"zebra", "giraffe's", "cafe"} <= set(lexicon) and not {"x", "ray", "r", "d"} & set(lexicon)
+    assert summary["extra_words"] == 3 and summary["lexicon"] == len(lexicon)
+
+
 def test_build_writes_lexicon_and_arpa(tmp_path):
     summary = build_language_model(TEXTS + ["caf\u00e9 au lait"], tmp_path, VOCAB, order=3)
     lexicon = dict(line.split("\t") for line in (tmp_path / LEXICON).read_text().splitlines())
@@ -124,5 +143,13 @@ def test_cli_builds_the_lm_and_run_refuses_a_missing_one(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["order"] == 2 and summary["sentences"] == len(TEXTS)
     assert math.isclose(json.loads((tmp_path / "lm" / "lm.json").read_text())["discount"], 0.7)
+    (tmp_path / "words.txt").write_text("zebra\nHello\n")
+    assert cli.main(["data", "asr-lm", "--data", str(corpus), "--out", str(tmp_path / "lm2"), "--words",
+                     str(tmp_path / "words.txt")]) == 0
+    assert json.loads(capsys.readouterr().out)["extra_words"] == 1
+    assert "zebra\tz e b r a |" in (tmp_path / "lm2" / LEXICON).read_text()
+    assert cli.main(["data", "asr-lm", "--data", str(corpus), "--out", str(tmp_path / "lm3"), "--words",
+                     str(tmp_path / "absent.txt")]) == 2
+    assert "--words" in capsys.readouterr().err and not (tmp_path / "lm3").exists()
     assert cli.main(["run", "asr", "--lm", str(tmp_path / "nothing"), "--quiet"]) == 2
     assert "asr-lm" in capsys.readouterr().err
