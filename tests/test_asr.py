@@ -221,6 +221,27 @@ def test_warm_start_loads_weights_and_statistics_and_refuses_another_configurati
 
 
 @needs_synth
+def test_accuracy_bench_compares_with_a_baseline_only_when_given_and_cleans_up(trained, corpus, tmp_path,
+                                                                              monkeypatch):
+    import tempfile
+
+    from memstream.pipelines.asr_bench import accuracy
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    alone = accuracy(corpus, str(trained), limit=4, real=tmp_path / "no-real-speech")
+    assert alone["long_recordings"] >= 1 and alone["long_parts"] > alone["long_recordings"]
+    assert alone["wer_real"] is None
+    assert alone["wer_long_no_memory"] is None and alone["goals"]["memory_le_no_memory_long"] is None
+    # the same weights as their own "no memory" baseline: equal WER, so the goal holds
+    paired = accuracy(corpus, str(trained), no_memory=str(trained), limit=4, real=tmp_path / "no-real-speech")
+    assert paired["wer_long_no_memory"] == paired["wer_long"] == alone["wer_long"]
+    assert paired["goals"]["memory_le_no_memory_long"] is True
+    assert list(scratch.iterdir()) == []  # the long recordings' parts are removed
+
+
+@needs_synth
 def test_eval_json_plot_and_onnx_backend_agree(trained, corpus, tmp_path, capsys):
     plot = tmp_path / "wer.png"
     argv = ["eval", "asr", "--data", str(corpus / "test-longform"), "--checkpoint", str(trained), "--json", "--threads",
