@@ -7,6 +7,8 @@ with flashlight's lexicon beam decoder (torchaudio's ``ctc_decoder``; pip packag
   backoff form: a seen n-gram stores its interpolated probability, a context ``h`` stores the weight
   ``D * distinct(h) / count(h)`` that its unseen continuations get on top of the next lower order.
   ``<unk>`` takes one count of the unigram mass; the corpus is the training split, never the test speech.
+  ``--words FILE`` (a word list such as Debian's ``/usr/share/dict/words``) adds words the transcripts lack to
+  the lexicon, each at the unseen-word probability.
 - :class:`LexiconSearch` is the search of :class:`memstream.pipelines.ctc.CtcDecoder` with ``method="lm"``:
   chunks go to the flashlight decoder as they arrive (frame-synchronous, so any chunking gives the same
   result); endpoints and partial text follow the greedy path (a partial is provisional); each final
@@ -122,9 +124,9 @@ def build_language_model(texts: Iterable[str], out: str | Path, vocab: list[str]
     """Transcripts -> ``out/lexicon.txt`` and ``out/lm.arpa`` (see the module docstring). Returns a summary.
 
     ``extra_words`` (e.g. a dictionary's word list; normalised as transcripts are, and left out where that makes
-    more than one word) join the lexicon and the unigram with a count of 0: the
-    add-one smoothing gives each the probability of ``<unk>``, so a word the transcripts never had can still be
-    recognised, at the cost the n-gram puts on a word it has not seen."""
+    more than one word) join the lexicon and the unigram with a count of 0. The add-one smoothing gives each the
+    probability of ``<unk>``, so a word the transcripts never had can still be recognised, at the cost the
+    n-gram puts on a word it has not seen."""
     from memstream.pipelines.speech_data import normalize_text
 
     if order < 1:
