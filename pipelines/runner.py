@@ -13,7 +13,9 @@ without clearing anything outside the model. Once one stream has a segment ready
 source never holds the rest back. A source that ends or raises ends only its own stream: its decoder is
 flushed, its slot freed, its end counted in the summary; then the task and every sink that offer
 ``end_stream(stream_id)`` are told, so that what they hold for it (a decoder for overlays, an open video
-writer) goes too: a process that serves streams coming and going for days keeps only their summary rows.
+writer, an open result file) goes too, and the runner drops its own record of it: a process that serves
+streams coming and going for days keeps only their summary rows (about 1 KB each) and their ids. An id
+names one stream for the run's whole life, so events, summary rows and result files never mix two streams.
 
 ``stop()`` (the CLI calls it on SIGINT/SIGTERM) lets the step in flight finish and emit its events, then
 flushes every decoder and sink and writes the summary.
@@ -116,7 +118,8 @@ class StreamRunner:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)  # the model loop waits on it for segments and endings
         self._stop = threading.Event()
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, _Stream] = {}  # the streams not yet retired
+        self._used_ids: set[str] = set()  # every id this run has given out
         self._active: list[_Stream] = []
         self._waiting: deque[_Stream] = deque()
         self._free = list(range(max_streams))
@@ -134,8 +137,11 @@ class StreamRunner:
                 raise RuntimeError("StreamRunner: the run has ended; start a new runner")
             sid = str(stream_id if stream_id is not None else self._ids)
             self._ids += 1
-            if sid in self._streams:
-                raise ValueError(f"stream id {sid!r} is taken")
+            if sid in self._used_ids:
+                state = "is running" if sid in self._streams else "was used by a stream that has ended"
+                raise ValueError(f"stream id {sid!r} {state}; an id names one stream for the whole run (so events "
+                                 f"and result files never mix two streams): pass a new one, e.g. {sid + '-2'!r}")
+            self._used_ids.add(sid)
             st = _Stream(sid, source, is_open(source) if opened is None else opened,
                          decoder=self.task.new_decoder(sid), space=threading.Condition(self._lock))
             self._streams[sid] = st
@@ -145,10 +151,18 @@ class StreamRunner:
             self._cond.notify_all()
         return sid
 
-    def remove(self, stream_id: str) -> None:
+    def remove(self, stream_id: str) -> bool:
         """Let a stream leave: its reader stops reading; what it delivered (queued, and the partial segment)
-        still runs, then its decoder is flushed and its slot freed."""
-        self._streams[stream_id].stop.set()
+        still runs, then its decoder is flushed and its slot freed. Returns False when the stream has already
+        ended (nothing to do); an id this run never gave out raises ``KeyError``."""
+        with self._lock:
+            st = self._streams.get(stream_id)
+            if st is None:
+                if stream_id in self._used_ids:
+                    return False
+                raise KeyError(f"no stream {stream_id!r} in this run")
+            st.stop.set()
+            return True
 
     def stop(self) -> None:
         """Finish the step in flight, then flush decoders and sinks (safe from signal handlers)."""
@@ -328,7 +342,7 @@ class StreamRunner:
         source_stats = getattr(st.source, "stats", None)
         counts = {k: getattr(source_stats, k, None) for k in ("dropped", "duplicated", "reconnects", "skipped")}
         counts["source_errors"] = list(getattr(source_stats, "errors", None) or [])
-        self.stats.stream_ended(st.id, status or st.status, st.error, packets=st.packets, kind=st.kind,
+        self.stats.stream_ended(st.id, status or st.status, st.error, packets=st.packets, kind=st.kind, slot=st.slot,
                                 frames_in=st.items if st.kind == "video" else 0,
                                 samples_in=st.items if st.kind == "audio" else 0, **counts)
         for holder in (self.task, *self.sinks):
@@ -343,6 +357,7 @@ class StreamRunner:
                 self._active.remove(st)
                 self._free.append(st.slot)
                 self._free.sort()
+            self._streams.pop(st.id, None)
             self._start_waiting()
 
     def results(self) -> Iterator[StreamResult]:

@@ -344,7 +344,10 @@ class RunStats:
         self.task, self.backend = task, backend
         self.start = time.perf_counter()
         self.streams: dict[str, dict] = {}
+        # Running streams' latencies; an ended stream keeps only its percentiles in its row, since a Durations
+        # histogram is ~18 KB and a service may see many thousands of streams. ``every``: the whole run's.
         self.latency: dict[str, Durations] = {}
+        self.every = Durations()
         self.steps = Durations()
         self.batched = 0  # segments over all steps
 
@@ -360,6 +363,7 @@ class RunStats:
         row["media_s"] += media_s
         row["processing_s"] += processing_s
         self.latency[stream].add(latency_s)
+        self.every.add(latency_s)
 
     def step_done(self, step_s: float, batch: int) -> None:
         self.steps.add(step_s)
@@ -371,25 +375,26 @@ class RunStats:
         for key, value in counts.items():
             if value is not None:
                 row[key] = value
+        latency = self.latency.pop(stream, None)
+        if latency is not None:  # no more segments come for it
+            row["latency_ms"] = latency.percentiles_ms()
 
-    def _finish_row(self, row: dict, latency: Durations) -> dict:
+    def _finish_row(self, row: dict, latency: Durations | None) -> dict:
         out = dict(row)
         out["media_s"] = round(row["media_s"], 6)
         out["processing_s"] = round(row["processing_s"], 6)
-        out["latency_ms"] = latency.percentiles_ms()
+        if latency is not None:
+            out["latency_ms"] = latency.percentiles_ms()
         out["real_time_factor"] = round(row["processing_s"] / row["media_s"], 6) if row["media_s"] > 0 else None
         return out
 
     def summary(self) -> dict:
         wall = time.perf_counter() - self.start
-        streams = {sid: self._finish_row(row, self.latency[sid]) for sid, row in self.streams.items()}
+        streams = {sid: self._finish_row(row, self.latency.get(sid)) for sid, row in self.streams.items()}
         total: dict[str, Any] = {key: sum(row[key] for row in self.streams.values()) for key in self.COUNTS}
         total["media_s"] = sum(row["media_s"] for row in self.streams.values())
         total["processing_s"] = sum(row["processing_s"] for row in self.streams.values())
-        every = Durations()
-        for latency in self.latency.values():
-            every.extend(latency)
-        total = self._finish_row(total, every)
+        total = self._finish_row(total, self.every)
         statuses = Counter(row["status"] for row in self.streams.values())
         total.update(
             streams=len(self.streams), ended=statuses.get("ended", 0), removed=statuses.get("removed", 0),

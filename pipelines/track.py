@@ -403,6 +403,13 @@ class MotResultSink:
                         stream, event["frame"], len(rows) - len(kept), stream)
         self.files[stream].write(format_result_rows(kept))
 
+    def end_stream(self, stream: str) -> None:
+        """The stream has left the run: its file is complete and closed (a service whose cameras come and go
+        for days must not hold a descriptor per stream it ever served)."""
+        f = self.files.pop(stream, None)
+        if f is not None:
+            f.close()
+
     def close(self) -> None:
         for f in self.files.values():
             f.close()

@@ -211,7 +211,7 @@ def test_streams_join_and_leave_reusing_slots(audio_task):
     got: dict[str, list] = {}
     for r in runner.results():
         got.setdefault(r.stream, []).append(r)
-    slots = {sid: st.slot for sid, st in runner._streams.items()}
+    slots = {sid: row["slot"] for sid, row in runner.summary["streams"].items()}
     assert slots["D"] == slots["C"] and slots["late"] != slots["A"]
     assert set(runner.summary["streams"]) == {"A", "C", "D", "late"}
     assert all(row["status"] == "ended" for row in runner.summary["streams"].values())
@@ -257,7 +257,8 @@ def test_streams_coming_and_going_leave_nothing_behind(core, tmp_path):
         pass
     assert sorted(task.ended) == [f"s{k}" for k in range(6)]
     assert closed_before_last == [True] and overlay.writers == {}
-    assert all(st.decoder is None for st in runner._streams.values())
+    assert runner._streams == {} and runner.stats.latency == {}  # only the summary rows (and ids) are left
+    assert all(row["latency_ms"]["p50"] > 0 for row in runner.summary["streams"].values())
     cap = cv2.VideoCapture(str(tmp_path / "ov-s0.avi"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 9
 
@@ -285,6 +286,30 @@ def test_remove_lets_a_stream_leave(audio_task):
     assert row["status"] == "removed" and 3 <= len(got) < 3.0 * RATE / audio_task.segment_size
     alone, _ = run(audio_task, [audio_source("long", x, 1280)])
     torch.testing.assert_close(outputs(got[:-1]), outputs(alone["0"][:len(got) - 1]), atol=1e-5, rtol=1e-5)
+
+
+def test_stream_ids_name_one_stream_for_the_whole_run(audio_task):
+    """A running id and an ended one are both refused with the reason (events and result files of two streams
+    would mix); remove() of an ended stream is a no-op, of an unknown id an error."""
+    runner = StreamRunner(audio_task, TorchBackend(audio_task.model), max_streams=2)
+    runner.add(audio_source("a", audio(0.3, 20), 320), "cam")
+    runner.add(audio_source("b", audio(3.0, 21), 320), "slow")  # still running long after cam has ended
+    with pytest.raises(ValueError, match="'slow' is running"):
+        runner.add(audio_source("c", audio(0.3, 22), 320), "slow")
+    results = runner.results()
+    for _ in results:
+        if "cam" not in runner._streams:  # cam has ended and been retired
+            break
+    with pytest.raises(ValueError, match="'cam' was used by a stream that has ended.*'cam-2'"):
+        runner.add(audio_source("d", audio(0.3, 23), 320), "cam")
+    assert runner.remove("cam") is False
+    with pytest.raises(KeyError, match="no stream 'nobody'"):
+        runner.remove("nobody")
+    assert runner.add(audio_source("e", audio(0.3, 24), 320), "cam-2") == "cam-2"
+    for _ in results:
+        pass
+    assert set(runner.summary["streams"]) == {"cam", "slow", "cam-2"}
+    assert all(row["status"] == "ended" for row in runner.summary["streams"].values())
 
 
 def test_failing_source_ends_only_its_stream(audio_task, tmp_path):

@@ -184,6 +184,23 @@ def test_result_sink_writes_frame_by_frame(tmp_path):
     assert (tmp_path / "out" / "cam.txt").read_text() == (tmp_path / "whole.txt").read_text()
 
 
+def test_result_sink_closes_a_stream_file_when_the_stream_ends(tmp_path):
+    """Cameras that come and go for days: each stream's file is complete and closed when the runner says the
+    stream ended, so the sink holds no descriptor per stream it ever served."""
+    from memstream.pipelines.track import MotResultSink
+
+    sink = MotResultSink(tmp_path / "out")
+    for k in range(50):
+        sink.write({"type": "tracks", "stream": f"cam{k}", "frame": 1, "size": [100, 100],
+                    "tracks": [{"id": 1, "box": [0.1, 0.1, 0.5, 0.5], "score": 0.9}]})
+        file = sink.files[f"cam{k}"]
+        sink.end_stream(f"cam{k}")
+        assert file.closed and sink.files == {}
+        assert (tmp_path / "out" / f"cam{k}.txt").read_text() == "1,1,10.00,10.00,40.00,40.00,0.9000,-1,-1,-1\n"
+    sink.end_stream("never-seen")  # a stream without tracks events: nothing to close
+    sink.close()
+
+
 def test_trails_keep_only_live_tracks(checkpoint):
     """The overlay's trails follow the decoder's live tracks: ids it has let go are dropped, however many come."""
     from memstream.pipelines.segmenter import Segment
