@@ -8,6 +8,7 @@ frames are counted one by one. The last partial segment is padded and its mask m
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -73,23 +74,48 @@ class AudioSegmenter:
         self.resampler = StreamingResampler(native_rate, rate, channels=1)
         self._raw: list[np.ndarray] = []
         self._raw_len = 0
-        self._out = np.zeros(0, dtype=np.float32)
+        # Mono at the model's rate: down-mixing and resampling are the identity, elementwise, so packets go
+        # straight to the output with no re-chunking (the same samples, whatever the packet sizes).
+        self._direct = channels == 1 and native_rate == rate
+        self._out: deque[np.ndarray] = deque()  # resampled mono pieces not yet in a segment
+        self._out_len = 0
+        self._all_valid = np.ones(segment_samples, dtype=bool)
+        self._all_valid.flags.writeable = False  # shared by every full segment of the stream
         self._index = 0
         self._emitted = 0
 
     def _downmix(self, raw: np.ndarray) -> np.ndarray:
         return raw.mean(axis=1, dtype=np.float32)[None, :] if raw.shape[1] > 1 else raw.T.astype(np.float32)
 
+    def _append(self, samples: np.ndarray) -> None:
+        if len(samples):
+            self._out.append(samples)
+            self._out_len += len(samples)
+
     def _take(self, final: bool) -> list[Segment]:
+        # Few numpy calls per segment: each may hand the GIL to another thread (the model loop, other readers).
         segments = []
         t = self.segment_samples
-        while len(self._out) >= t or (final and len(self._out) > 0):
-            n = min(t, len(self._out))
-            data = np.zeros(t, dtype=np.float32)
-            data[:n] = self._out[:n]
-            valid = np.arange(t) < n
+        while self._out_len >= t or (final and self._out_len > 0):
+            n = min(t, self._out_len)
+            data = np.empty(t, dtype=np.float32)  # a copy: a source may reuse its packet buffers
+            filled = 0
+            while filled < n:
+                head = self._out[0]
+                k = min(len(head), n - filled)
+                data[filled:filled + k] = head[:k]
+                filled += k
+                if k == len(head):
+                    self._out.popleft()
+                else:
+                    self._out[0] = head[k:]
+            if n < t:
+                data[n:] = 0.0
+                valid = np.arange(t) < n
+            else:
+                valid = self._all_valid
             segments.append(Segment(data, valid, self._emitted / self.rate, float(self.rate), self._index))
-            self._out = self._out[n:]
+            self._out_len -= n
             self._index += 1
             self._emitted += n
         return segments
@@ -101,7 +127,10 @@ class AudioSegmenter:
             samples = samples[:, None]
         if samples.shape[1] != self.channels:
             raise ValueError(f"audio packet has {samples.shape[1]} channels, the stream has {self.channels}")
-        self._raw.append(samples)
+        if self._direct:
+            self._append(samples[:, 0].copy())  # kept past this call: a source may reuse its packet buffer
+            return self._take(final=False)
+        self._raw.append(samples.copy())  # may wait here for the next packet: the caller may reuse its buffer
         self._raw_len += len(samples)
         if self._raw_len < self.block:
             return []
@@ -109,17 +138,17 @@ class AudioSegmenter:
         whole = (len(raw) // self.block) * self.block
         rest = raw[whole:]
         self._raw, self._raw_len = ([rest], len(rest)) if len(rest) else ([], 0)
-        chunks = [self.resampler.push(self._downmix(raw[i:i + self.block])) for i in range(0, whole, self.block)]
-        self._out = np.concatenate([self._out, *(c[0] for c in chunks)])
+        for i in range(0, whole, self.block):
+            self._append(self.resampler.push(self._downmix(raw[i:i + self.block]))[0])
         return self._take(final=False)
 
     def flush(self) -> list[Segment]:
         """End of stream: the remaining samples, the last segment padded."""
         if self._raw_len:
             raw = np.concatenate(self._raw)
-            self._out = np.concatenate([self._out, self.resampler.push(self._downmix(raw))[0]])
+            self._append(self.resampler.push(self._downmix(raw))[0])
             self._raw, self._raw_len = [], 0
-        self._out = np.concatenate([self._out, self.resampler.flush()[0]])
+        self._append(self.resampler.flush()[0])
         return self._take(final=True)
 
 

@@ -52,6 +52,35 @@ def test_audio_segments_do_not_depend_on_packet_size():
     total = int(np.ceil(16000 * len(samples) / 44100))
     assert last.num_valid == total - 4 * 4000
     assert not last.valid[last.num_valid:].any() and not last.data[last.num_valid:].any()
+    reused = []  # a source that writes every packet into one buffer: the same segments
+    seg, buffer = AudioSegmenter(4000, 16000, 44100, channels=2), np.empty((441, 2), np.float32)
+    for i in range(0, len(samples), 441):
+        chunk = samples[i:i + 441]
+        buffer[:len(chunk)] = chunk
+        reused += seg.push(buffer[:len(chunk)])
+        buffer[:] = np.nan
+    reused += seg.flush()
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(ten_ms, reused, strict=True))
+
+
+def test_audio_at_the_model_rate_is_cut_straight_and_copied():
+    """Mono at the model's rate skips re-chunking: segments are the samples themselves, for any packet size, and
+    a source that reuses one packet buffer (a microphone callback's) does not change segments already cut."""
+    samples = np.random.default_rng(2).uniform(-1, 1, 3 * 1280 + 100).astype(np.float32)
+    for packet in (160, 16000, 7):
+        seg = AudioSegmenter(1280, 16000, 16000)
+        buffer = np.empty((packet, 1), np.float32)  # one buffer for every packet
+        out = []
+        for i in range(0, len(samples), packet):
+            chunk = samples[i:i + packet]
+            buffer[:len(chunk), 0] = chunk
+            out += seg.push(buffer[:len(chunk)])
+            buffer[:] = np.nan  # the source overwrites its buffer after the call
+        out += seg.flush()
+        assert [s.index for s in out] == [0, 1, 2, 3] and [s.start for s in out] == [0, 0.08, 0.16, 0.24]
+        assert np.array_equal(np.concatenate([s.data[:s.num_valid] for s in out]), samples)
+        assert out[-1].num_valid == 100 and not out[-1].data[100:].any() and not out[-1].valid[100:].any()
+        assert all(s.valid.all() for s in out[:-1])
 
 
 def test_video_segmenter_pads_and_resizes(caplog):
