@@ -161,6 +161,20 @@ def test_damaged_video_middle_goes_on(tmp_path):
         assert 25 <= len(packets) <= 50  # frames after the damage still arrive
 
 
+def test_skips_are_logged_a_few_times_then_only_counted(caplog):
+    """A stream damaged for days: five skip warnings, the last saying the rest are only counted."""
+    from memstream.pipelines.sources.common import SkipLog
+
+    skips = SkipLog("cam")
+    with caplog.at_level(logging.WARNING):
+        for k in range(1000):
+            skips(f"skipped an undecodable packet at {k}")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"cam: skipped an undecodable packet at {k}" for k in range(4)] + [
+        "cam: skipped an undecodable packet at 4; further skips are counted in stats.skipped, not logged"]
+    assert skips.last == "skipped an undecodable packet at 999"
+
+
 # -- stdin PCM --------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from memstream.pipelines.sources.common import BaseSource, NonFinite, Reconnect, check_file, log, one_line
+from memstream.pipelines.sources.common import BaseSource, NonFinite, Reconnect, SkipLog, check_file, log, one_line
 from memstream.pipelines.streams import Packet, SourceError, SourceInfo
 
 SOUNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au", ".snd",
@@ -118,12 +118,13 @@ class AudioFileSource(BaseSource):
         channels = stream.codec_context.layout.nb_channels or getattr(stream.codec_context, "channels", 0)
         if not rate or not channels:
             raise SourceError(self.name, f"unsupported audio stream (rate={rate}, channels={channels})")
-        self._decode_errors: list[str] = []
+        self._skips = SkipLog(self.name)
+        self._decode_error: str | None = None  # the latest undecodable packet's error
         self._blocks = self._read_pyav(stream, rate, channels)
         first = next(self._blocks, None)
         if first is None:
-            if self._decode_errors:
-                raise SourceError(self.name, f"cannot decode audio: {self._decode_errors[-1]}")
+            if self._decode_error is not None:
+                raise SourceError(self.name, f"cannot decode audio: {self._decode_error}")
             raise SourceError(self.name, "zero-length audio (no samples decoded)")
         self._first = first
         duration = None
@@ -140,16 +141,16 @@ class AudioFileSource(BaseSource):
             try:
                 frames = packet.decode()
             except av.FFmpegError as e:  # a damaged packet: skip it, the stream goes on
-                self._decode_errors.append(one_line(e))
+                self._decode_error = one_line(e)
                 self.stats.skipped += 1
-                log.warning("%s: skipped an undecodable audio packet at %s: %s", self.name, packet.pts, one_line(e))
+                self._skips(f"skipped an undecodable audio packet at {packet.pts}: {self._decode_error}")
                 continue
             for frame in frames:
                 c = frame.layout.nb_channels
                 if frame.sample_rate != rate or c != channels:
                     self.stats.skipped += 1
-                    log.warning("%s: skipped a frame of %d Hz x %d channels in a %d Hz x %d stream", self.name,
-                                frame.sample_rate, c, rate, channels)
+                    self._skips(f"skipped a frame of {frame.sample_rate} Hz x {c} channels in a {rate} Hz x "
+                                f"{channels} stream")
                     continue
                 array = frame.to_ndarray()
                 array = array.T if frame.format.is_planar else array.reshape(-1, c)

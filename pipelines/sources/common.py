@@ -144,6 +144,22 @@ def check_file(name: str, path: str | Path) -> Path:
     return p
 
 
+class SkipLog:
+    """Logs a source's skipped packets or frames: the first ``limit`` one by one, then one line saying that the
+    rest are only counted (``stats.skipped``), so a stream damaged for days cannot flood the log."""
+
+    def __init__(self, name: str, limit: int = 5) -> None:
+        self.name, self.limit, self.logged = name, limit, 0
+        self.last: str | None = None  # the latest reason, whether logged or not
+
+    def __call__(self, message: str) -> None:
+        self.last = message
+        if self.logged < self.limit:
+            self.logged += 1
+            more = "; further skips are counted in stats.skipped, not logged" if self.logged == self.limit else ""
+            log.warning("%s: %s%s", self.name, message, more)
+
+
 class NonFinite:
     """Replaces NaN/Inf samples by 0: counted in ``stats.skipped``, logged once per source."""
 

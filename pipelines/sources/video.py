@@ -16,7 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from memstream.pipelines.sources.common import BaseSource, check_file, log, one_line
+from memstream.pipelines.sources.common import BaseSource, SkipLog, check_file, log, one_line
 from memstream.pipelines.streams import Packet, SourceError, SourceInfo
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
@@ -126,12 +126,13 @@ class VideoFileSource(BaseSource):
         import av
 
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        skips = SkipLog(self.name)
         for packet in self._container.demux(stream):
             try:
                 frames = packet.decode()
             except av.FFmpegError as e:  # a damaged packet: skip it, the stream goes on
                 self.stats.skipped += 1
-                log.warning("%s: skipped an undecodable packet at %s: %s", self.name, packet.pts, one_line(e))
+                skips(f"skipped an undecodable packet at {packet.pts}: {one_line(e)}")
                 continue
             for frame in frames:
                 yield frame.to_ndarray(format="rgb24"), (frame.time - start if frame.time is not None else None)
