@@ -138,8 +138,8 @@ class StreamRunner:
             sid = str(stream_id if stream_id is not None else self._ids)
             self._ids += 1
             if sid in self._used_ids:
-                state = "is running" if sid in self._streams else "was used by a stream that has ended"
-                raise ValueError(f"stream id {sid!r} {state}; an id names one stream for the whole run (so events "
+                status = "is running" if sid in self._streams else "was used by a stream that has ended"
+                raise ValueError(f"stream id {sid!r} {status}; an id names one stream for the whole run (so events "
                                  f"and result files never mix two streams): pass a new one, e.g. {sid + '-2'!r}")
             self._used_ids.add(sid)
             st = _Stream(sid, source, is_open(source) if opened is None else opened,

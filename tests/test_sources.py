@@ -172,7 +172,6 @@ def test_skips_are_logged_a_few_times_then_only_counted(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [f"cam: skipped an undecodable packet at {k}" for k in range(4)] + [
         "cam: skipped an undecodable packet at 4; further skips are counted in stats.skipped, not logged"]
-    assert skips.last == "skipped an undecodable packet at 999"
 
 
 # -- stdin PCM --------------------------------------------------------------------------------------

@@ -150,10 +150,8 @@ class SkipLog:
 
     def __init__(self, name: str, limit: int = 5) -> None:
         self.name, self.limit, self.logged = name, limit, 0
-        self.last: str | None = None  # the latest reason, whether logged or not
 
     def __call__(self, message: str) -> None:
-        self.last = message
         if self.logged < self.limit:
             self.logged += 1
             more = "; further skips are counted in stats.skipped, not logged" if self.logged == self.limit else ""
