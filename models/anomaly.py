@@ -551,19 +551,22 @@ class AnomalyModel(nn.Module):
             x = block(x)
         return [x]
 
-    def features(self, frames: Tensor, tokens: Tensor | None = None) -> Tensor:
+    def features(self, frames: Tensor, tokens: Tensor | None = None, image: Tensor | None = None) -> Tensor:
         """(F, H, W, 3) uint8 -> (F, N', D') the first bank's patch features on the map's grid (the position
-        Gaussians'): N' = ``feature_grid``**2 cells, D' = ``feature_dim``."""
+        Gaussians'): N' = ``feature_grid``**2 cells, D' = ``feature_dim``. ``image``: ``pixel_image(frames)``
+        when the caller has it already."""
         if self.cfg.features_from == "pixels":
-            return self.banks[0].cut(self.pixel_image(frames), self.cfg.pixel_stride)
+            image = self.pixel_image(frames) if image is None else image
+            return self.banks[0].cut(image, self.cfg.pixel_stride)
         return self.grid_features(frames, tokens)[0]
 
-    def bank_features(self, frames: Tensor) -> list[Tensor]:
+    def bank_features(self, frames: Tensor, image: Tensor | None = None) -> list[Tensor]:
         """(F, H, W, 3) uint8 normal images -> per bank, (F, M_i, D_i) its candidates. Pixel patches are taken
         at every offset (stride 1), so the bank holds each normal pattern at every phase against the map's
-        grid: a texture's or a turned object's patch need not fall on the grid as it did in training."""
+        grid: a texture's or a turned object's patch need not fall on the grid as it did in training.
+        ``image``: ``pixel_image(frames)`` when the caller has it already."""
         if self.cfg.features_from == "pixels":
-            image = self.pixel_image(frames)
+            image = self.pixel_image(frames) if image is None else image
             return [bank.cut(image, 1) for bank in self.banks]
         return self.grid_features(frames)
 

@@ -206,9 +206,10 @@ def fit_normality(model: AnomalyModel, images: np.ndarray, videos: list[np.ndarr
     grids = []  # the first bank's features on the map's grid (the position Gaussians)
     for i in range(0, len(bank_images), batch):
         x = torch.from_numpy(bank_images[i:i + batch])
+        image = model.pixel_image(x) if model.cfg.features_from == "pixels" else None  # once for both uses
         if model.cfg.position_dims:
-            grids.append(model.features(x))
-        for j, f in enumerate(model.bank_features(x)):  # (b, M, D)
+            grids.append(model.features(x, image=image))
+        for j, f in enumerate(model.bank_features(x, image=image)):  # (b, M, D)
             if f.shape[1] > per_image:
                 f = f[:, torch.randperm(f.shape[1], generator=pick)[:per_image]]
             chunks[j].append(f.flatten(0, 1))
