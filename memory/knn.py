@@ -4,7 +4,8 @@ One block (``knn_layer``) attends locally within the segment as usual and, per h
 ``knn_topk`` best-matching entries of the ring buffer; a learned per-head gate mixes the two. The
 segment's keys and values of that block are then written at the ring cursor (FIFO eviction). Keys are
 stored unrotated: retrieval is by content, whatever the distance. Capacity changes shapes only, never
-the code path (tested up to 262,144 entries).
+the code path (tested up to 262,144 entries). At large capacity the pure step's new buffers dominate on the CPU;
+``benchmarks/knn_capacity.py`` measures it and the README gives the glibc setting that halves it.
 """
 
 from __future__ import annotations
@@ -53,9 +54,11 @@ class KnnMemory(MemoryType):
     def retrieve(self, q: Tensor, state: KnnState) -> tuple[Tensor, Tensor]:
         """q: (B, H, T, Dh) -> (attention over the top-k entries (B, H, T, Dh), any entry valid (B, 1, 1, 1))."""
         b, h, t, dh = q.shape
-        scores = torch.matmul(q, state.keys.transpose(-1, -2)) / math.sqrt(dh)  # (B, H, T, C)
+        # Scale the queries, not the scores, and mask the scores in place: at large capacity each (B, H, T, C)
+        # temporary is tens of MiB (64 MiB for core-small at 262,144 entries), so make only one.
+        scores = torch.matmul(q * (1.0 / math.sqrt(dh)), state.keys.transpose(-1, -2))  # (B, H, T, C)
         valid = state.valid.view(b, 1, 1, -1)
-        scores = scores.masked_fill(~valid, torch.finfo(q.dtype).min)
+        scores.masked_fill_(~valid, torch.finfo(q.dtype).min)  # a fresh temporary, not state
         top, index = torch.topk(scores, self.topk, dim=-1)                    # (B, H, T, k)
         top_valid = torch.gather(valid.expand(-1, h, t, -1), 3, index)
         p = torch.softmax(top.masked_fill(~top_valid, torch.finfo(q.dtype).min), dim=-1)
