@@ -21,11 +21,15 @@ class StepContext:
         pos: (B, T) int64 stream positions of the segment's tokens.
         cos, sin: (B, 1, N, Dh/2) rotary tables for the N tokens the blocks run over.
         seg_mask: (B, N, N) bool attention among those tokens.
+        own_state: the state's tensors were made by this step (``reset`` was given: every field is the
+            reset's new tensor) and autograd is off, so ``write`` may update them in place instead of copying
+            them; never the caller's tensors, which the step must not change.
     """
 
     mask: Tensor
     n: Tensor
     pos: Tensor
+    own_state: bool = False
     cos: Tensor | None = None
     sin: Tensor | None = None
     seg_mask: Tensor | None = None

@@ -57,8 +57,9 @@ def reset_state(state: NamedTuple, reset: Tensor) -> NamedTuple:
     out = []
     for t in state:
         r = reset.view((-1,) + (1,) * (t.dim() - 1))
-        # Bool fields use logic ops: ONNX Runtime's CPU Where has no bool kernel.
-        out.append(t & ~r if t.dtype == torch.bool else t.masked_fill(r, 0))
+        # Bool fields use logic ops: ONNX Runtime's CPU Where has no bool kernel. `where`, not an out-of-place
+        # masked_fill (a copy, then a fill): one pass, which counts for the knn memory's 256 MiB buffers.
+        out.append(t & ~r if t.dtype == torch.bool else torch.where(r, 0, t))
     return type(state)(*out)
 
 
@@ -111,7 +112,10 @@ class MemoryCore(nn.Module):
         if reset is not None:
             state = reset_state(state, reset)
         pos = state.step.unsqueeze(1) * t + torch.arange(t, device=x.device)
-        ctx = StepContext(mask=mask, n=mask.sum(1), pos=pos)
+        # The reset made every state tensor anew; with autograd off nothing else holds them (autograd may save
+        # them for backward), so the memory may write into them in place.
+        own = reset is not None and not torch.is_grad_enabled()
+        ctx = StepContext(mask=mask, n=mask.sum(1), pos=pos, own_state=own)
         h = self.memory.begin(x, state, ctx, self.rotary)
         # The blocks run token-major, (B, N, H, Dh): the projection's own layout, the one SDPA's CPU kernel
         # reads and writes, and the queue's slot-major rows, so no layer copies a transposed tensor.
