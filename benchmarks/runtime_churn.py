@@ -28,15 +28,12 @@ from pathlib import Path
 import torch
 from memstream.export import TorchBackend
 from memstream.models import build
+from memstream.pipelines.core_bench import rss_mb
 from memstream.pipelines.core_task import CoreProbeTask
 from memstream.pipelines.runner import StreamRunner
 from memstream.pipelines.sinks import JsonlSink
 from memstream.pipelines.track import MotResultSink
 from runtime_streams import MemorySource, make_packets
-
-
-def rss_mb() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def open_files() -> int:

@@ -87,11 +87,9 @@ class KnnMemory(MemoryType):
         values = torch.where(w, ctx.extra["values"], torch.gather(state.values, 2, kv_index))
         valid = write | torch.gather(state.valid, 1, index)
         pos = torch.where(write, ctx.pos, torch.gather(state.pos, 1, index))
-        if ctx.own_state:  # the reset's fresh buffers: write into them instead of copying 2 x capacity entries
-            new_keys, new_values = state.keys.scatter_(2, kv_index, keys), state.values.scatter_(2, kv_index, values)
-        else:  # the caller's tensors
-            new_keys, new_values = state.keys.scatter(2, kv_index, keys), state.values.scatter(2, kv_index, values)
-        new = KnnState(keys=new_keys, values=new_values,
+        # The reset's fresh buffers are written into instead of copying 2 x capacity entries; never the caller's.
+        scatter = Tensor.scatter_ if ctx.own_state else Tensor.scatter
+        new = KnnState(keys=scatter(state.keys, 2, kv_index, keys), values=scatter(state.values, 2, kv_index, values),
                        valid=state.valid.scatter(1, index, valid), pos=state.pos.scatter(1, index, pos),
                        cursor=(state.cursor + ctx.n) % self.capacity, step=state.step + 1)
         return h, new
