@@ -66,6 +66,8 @@ def stream(core: MemoryCore, steps: int, early: int, repeats: int = 300) -> dict
     # RSS is compared from the end of a warm-up (the allocator's pools settle in the first ~1000 steps,
     # and the saved early state is held from then on) to the end of the stream.
     warm = min(max(early, 1000), steps)
+    gc.collect()
+    rss_start = rss_mb()
     with torch.inference_mode():
         for i in range(steps):
             t0 = time.perf_counter()
@@ -87,6 +89,7 @@ def stream(core: MemoryCore, steps: int, early: int, repeats: int = 300) -> dict
         "latency_ratio": round(ratio, 4),
         "run": {"first_half": _ms(times[: steps // 2]), "second_half": _ms(times[steps // 2:])},
         "rss_growth_mb": round(rss_late - rss_warm, 3), "rss_from_step": warm,
+        "rss_mb": {"before": round(rss_start, 1), f"step_{warm}": round(rss_warm, 1), "after": round(rss_late, 1)},
         "state_bytes": state_bytes(state), "state_bytes_early": state_bytes(saved_early),
     }
 

@@ -50,3 +50,50 @@ def test_eval_recall_on_the_bundled_checkpoint(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["memory"] == "queue"
     assert report["recall"]["16x"] > 0.9 > 3 * report["chance"]
+
+
+def test_export_core_from_a_checkpoint_runs_in_onnx_runtime_like_pytorch(tmp_path, capsys, make_core, stream):
+    """`memstream export core --checkpoint DIR --out F`: the graph alone (metadata, no config) steps like the core."""
+    import torch
+    from memstream.export import OnnxBackend
+    from memstream.models import save_checkpoint
+
+    core = make_core("tokens")
+    save_checkpoint(tmp_path / "ckpt", core, {"core": core.cfg.to_dict()})
+    out = tmp_path / "onnx" / "core.onnx"
+    assert main(["export", "core", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(out), "--opset", "18"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["opset"] == 18 and report["memory"] == "tokens" and out.is_file()
+    assert report["inputs"] == ["x", "state.memory", "state.step", "reset", "mask"]
+    assert report["outputs"] == ["y", "state_out.memory", "state_out.step"]
+
+    backend = OnnxBackend(out, providers=["CPUExecutionProvider"])
+    t = core.cfg.segment
+    x = stream(2, 3, t, core.cfg.dim)
+    mask = torch.ones(2, 3 * t, dtype=torch.bool)
+    mask[1, -1] = False
+    state_pt, state_ort = core.init_state(2), backend.init_state(2)
+    reset = torch.tensor([False, True])
+    with torch.no_grad():
+        for i in range(3):
+            part = slice(i * t, (i + 1) * t)
+            y_pt, state_pt = core.step(x[:, part], state_pt, reset, mask[:, part])
+            y_ort, state_ort = backend.step(x[:, part], state_ort, reset, mask[:, part])
+            torch.testing.assert_close(torch.as_tensor(y_ort)[mask[:, part]], y_pt[mask[:, part]], atol=1e-4, rtol=0)
+
+
+def test_bench_core_prints_every_figure_of_the_issue(capsys):
+    """A short `memstream bench core` (core-tiny, 150 segments): one JSON object with the named figures."""
+    argv = ["bench", "core", "--preset", "core-tiny", "--memory", "queue,knn", "--steps", "150", "--early", "20",
+            "--repeats", "10", "--threads", "1", "--no-recall"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("latency_ratio", "speedup_vs_emformer", "onnx_speedup", "growing_kv_latency_ratio"):
+        assert isinstance(report[key], float) and report[key] > 0, key
+    assert isinstance(report["rss_growth_mb"], float)  # may be <= 0: the allocator can give memory back
+    assert set(report["state_bytes"]) == {"queue", "knn"} and all(v > 0 for v in report["state_bytes"].values())
+    for memory in ("queue", "knn"):
+        rss = report["per_memory"][memory]["rss_mb"]
+        assert set(rss) == {"before", "step_150", "after"} and all(v > 0 for v in rss.values())
+        assert report["per_memory"][memory]["state_bytes"] == report["per_memory"][memory]["state_bytes_early"]
+    assert {"eager", "emformer", "onnx", "growing_kv_early", "growing_kv_late"} <= set(report["latency"])
