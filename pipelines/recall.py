@@ -19,9 +19,11 @@ import memstream.models
 import torch
 import torch.nn.functional as F
 from memstream.memory import MEMORY_TYPES, CoreConfig
+from memstream.memory.training import mrbp
 from memstream.models import load_weights, read_config, save_checkpoint
 from memstream.pipelines.recall_task import IGNORE, RecallConfig, RecallModel, RecallTask, make_batch
 from memstream.pipelines.train import lr_at
+from torch import Tensor
 
 __all__ = ["RecallModel", "RecallTask", "RecallConfig", "make_batch", "recall_config", "train_recall",
            "evaluate_recall", "load_recall_model", "bundled_dir", "cli_train", "cli_bench", "cli_demo"]
@@ -29,6 +31,7 @@ __all__ = ["RecallModel", "RecallTask", "RecallConfig", "make_batch", "recall_co
 MODEL_KIND = "recall"
 MULTIPLES = (1, 4, 16)          # evaluation distances, as multiples of the training distance
 BENCH_TYPES = ("queue", "queue-nogate", "tokens", "slots", "knn", "none")  # "-nogate": queue without gate
+BACKPROP = ("bptt", "mrbp")
 EVAL_SEED = 1_000_003           # evaluation sequences never share a generator stream with training
 # Roughly equal CPU time per type (a knn or tokens step costs several queue steps).
 DEFAULT_STEPS = {"queue": 1200, "tokens": 2000, "slots": 2000, "knn": 1200, "ntm": 2000, "none": 600}
@@ -68,14 +71,18 @@ def recall_config(memory: str, task: RecallTask | None = None, *, train_distance
 
 
 def train_recall(model: RecallModel, *, steps: int, train_distance: int, batch: int = 32, lr: float = 3e-3,
-                 seed: int = 0, log_every: int = 100, log=None) -> dict:
+                 seed: int = 0, log_every: int = 100, log=None, backprop: str = "bptt") -> dict:
     """Train ``model`` with AdamW on fresh batches; distances drawn uniformly from 1..``train_distance``.
 
     Loss = cross-entropy at the query positions (+ the write gate's BCE for a gated queue). ``log(record)``
     gets a dict every ``log_every`` steps and at the end. Returns a summary (final loss, accuracy, time).
+    ``backprop``: ``bptt`` through ``forward_sequence`` (the parallel form where there is one), or ``mrbp``
+    (memory-replay backprop over ``step``: the same gradients, the activations of one segment at a time).
     """
     if steps < 1 or train_distance < 1:
         raise ValueError(f"train_recall: steps={steps} and train_distance={train_distance} must be >= 1")
+    if backprop not in BACKPROP:
+        raise ValueError(f"train_recall: backprop={backprop!r}; choose one of {', '.join(BACKPROP)}")
     task = model.cfg.task
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -93,17 +100,23 @@ def train_recall(model: RecallModel, *, steps: int, train_distance: int, batch: 
             group["lr"] = lr_at(step, steps, lr, warmup)  # warm-up, cosine to 5%
         distance = int(torch.randint(1, train_distance + 1, (1,), generator=g))
         data = make_batch(task, batch, distance, g)
-        logits = model.forward_sequence(data.tokens, data.mask)
         answer = data.targets != IGNORE
-        recall_loss = F.cross_entropy(logits[answer], data.targets[answer])
-        gate_loss = model.gate_loss(data.tokens, data.mask, data.salient)
         opt.zero_grad(set_to_none=True)
-        (recall_loss + gate_loss).backward()
+        if backprop == "mrbp":
+            recall_loss, correct = _mrbp_recall_loss(model, data, answer)
+        else:
+            logits = model.forward_sequence(data.tokens, data.mask)
+            recall_loss = F.cross_entropy(logits[answer], data.targets[answer])
+            recall_loss.backward()
+            correct = int((logits[answer].argmax(-1) == data.targets[answer]).sum())
+        gate_loss = model.gate_loss(data.tokens, data.mask, data.salient)
+        if gate_loss.requires_grad:
+            gate_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         window["loss"] += float(recall_loss.detach())
         window["gate_loss"] += float(gate_loss.detach())
-        window["acc"] += float((logits[answer].argmax(-1) == data.targets[answer]).float().mean())
+        window["acc"] += correct / int(answer.sum())
         window["n"] += 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
             n = window.pop("n")
@@ -116,6 +129,26 @@ def train_recall(model: RecallModel, *, steps: int, train_distance: int, batch: 
     model.eval()
     return {"steps": steps, "seconds": round(time.perf_counter() - start, 2), "final_loss": record["loss"],
             "final_train_acc": record["acc"], "final_gate_loss": record["gate_loss"]}
+
+
+def _mrbp_recall_loss(model: RecallModel, data, answer: Tensor) -> tuple[Tensor, int]:
+    """The mean cross-entropy over the answers of a batch, backpropagated by memory replay (gradients left in
+    ``.grad``). Returns (the loss, how many answers were right)."""
+    t = model.cfg.segment
+    segments = [(data.tokens[:, i:i + t], data.mask[:, i:i + t]) for i in range(0, data.tokens.shape[1], t)]
+    total = int(answer.sum())
+    correct = [0]
+
+    def loss_fn(i: int, logits: Tensor) -> Tensor:
+        here = answer[:, i * t:(i + 1) * t]
+        targets = data.targets[:, i * t:(i + 1) * t][here]
+        correct[0] += int((logits[here].argmax(-1) == targets).sum())
+        # Summed per segment over the batch's answer count: the segments' losses add up to the mean.
+        return F.cross_entropy(logits[here], targets, reduction="sum") / total
+
+    loss, _ = mrbp(lambda seg, state: model.step(seg[0], state, None, seg[1]), segments,
+                   model.init_state(data.tokens.shape[0], data.tokens.device), loss_fn)
+    return loss, correct[0]
 
 
 @torch.no_grad()
@@ -182,11 +215,11 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_one(memory: str, *, gate: bool, steps: int, seed: int, train_distance: int, batch: int, lr: float,
-               eval_sequences: int, log=None) -> tuple[RecallModel, dict]:
+               eval_sequences: int, log=None, backprop: str = "bptt") -> tuple[RecallModel, dict]:
     torch.manual_seed(seed)  # the initial weights depend on the seed only
     model = RecallModel(recall_config(memory, train_distance=train_distance, gate=gate))
     summary = train_recall(model, steps=steps, train_distance=train_distance, batch=batch, lr=lr, seed=seed,
-                           log=log)
+                           log=log, backprop=backprop)
     start = time.perf_counter()
     summary["recall"] = recall_vs_distance(model, train_distance, sequences=eval_sequences)
     summary["eval_seconds"] = round(time.perf_counter() - start, 2)
@@ -204,6 +237,9 @@ def cli_train(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--no-gate", action="store_true", help="queue: write every segment (no learned gate)")
+    parser.add_argument("--backprop", choices=BACKPROP, default="bptt",
+                        help="bptt: through forward_sequence (default); mrbp: memory-replay backprop over step, the "
+                             "same gradients with one segment's activations at a time (Memformer)")
     _common_args(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -221,13 +257,13 @@ def cli_train(argv: list[str] | None = None) -> int:
 
             model, summary = _train_one(args.memory, gate=not args.no_gate, steps=steps, seed=args.seed,
                                         train_distance=args.train_distance, batch=args.batch, lr=args.lr,
-                                        eval_sequences=args.eval_sequences, log=log)
+                                        eval_sequences=args.eval_sequences, log=log, backprop=args.backprop)
             log_file.write(json.dumps({"event": "summary", **summary}) + "\n")
     except ValueError as err:
         print(f"memstream train recall: error: {err}", file=sys.stderr)
         return 2
     summary.update(seed=args.seed, batch=args.batch, lr=args.lr, train_distance=args.train_distance,
-                   eval_sequences=args.eval_sequences, threads=args.threads)
+                   eval_sequences=args.eval_sequences, threads=args.threads, backprop=args.backprop)
     save_checkpoint(args.out, model, {"model": MODEL_KIND, "config": model.cfg.core.to_dict(),
                                       "task": model.cfg.task.to_dict(), "training": summary})
     print(json.dumps({"out": str(args.out), "recall": summary["recall"],

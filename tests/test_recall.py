@@ -8,6 +8,7 @@ import pytest
 import torch
 from memstream.memory import MEMORY_TYPES
 from memstream.pipelines.recall import (
+    _mrbp_recall_loss,
     bundled_dir,
     cli_bench,
     cli_train,
@@ -101,6 +102,43 @@ def test_short_training_lowers_the_loss():
     assert loss() < before - 0.1
 
 
+@pytest.mark.parametrize("memory", ["tokens", "slots", "queue"])
+def test_memory_replay_gradients_equal_plain_backprop(memory):
+    """The recall loss backpropagated by memory replay over `step` leaves the gradients that backprop through
+    forward_sequence leaves (queue: its parallel form)."""
+    torch.manual_seed(0)
+    model = RecallModel(recall_config(memory, dim=32, heads=1, train_distance=2))
+    data = _batch(distance=2, batch=8, seed=4)
+    answer = data.targets != IGNORE
+    logits = model.forward_sequence(data.tokens, data.mask)
+    loss = torch.nn.functional.cross_entropy(logits[answer], data.targets[answer])
+    loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    replayed_loss, correct = _mrbp_recall_loss(model, data, answer)
+    replayed = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert replayed_loss.item() == pytest.approx(loss.item(), abs=1e-6)
+    assert correct == int((logits[answer].argmax(-1) == data.targets[answer]).sum())
+    assert set(replayed) == set(plain) and len(plain) > 10
+    for name, grad in plain.items():
+        torch.testing.assert_close(replayed[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_train_recall_with_memory_replay():
+    runs = {}
+    for backprop in ("bptt", "mrbp"):
+        torch.manual_seed(0)
+        model = RecallModel(recall_config("tokens", dim=32, heads=1, train_distance=2))
+        records = []
+        train_recall(model, steps=1, train_distance=2, batch=8, seed=3, log_every=1, log=records.append,
+                     backprop=backprop)
+        runs[backprop] = records[0]
+    assert runs["mrbp"]["acc"] == runs["bptt"]["acc"]
+    assert runs["mrbp"]["loss"] == pytest.approx(runs["bptt"]["loss"], abs=1e-5)
+    with pytest.raises(ValueError, match="backprop='tbptt'"):
+        train_recall(RecallModel(recall_config("none", dim=32, heads=1)), steps=1, train_distance=1, backprop="tbptt")
+
+
 def test_bundled_queue_recalls_at_16x_and_the_baseline_guesses():
     queue, config = load_recall_model(bundled_dir() / "recall-queue")
     assert config["model"] == "recall" and queue.gated
@@ -130,9 +168,10 @@ def test_bad_arguments_fail_clearly(tmp_path, capsys):
 def test_cli_train_writes_a_loadable_checkpoint(tmp_path, capsys):
     out = tmp_path / "ckpt"
     assert cli_train(["--memory", "none", "--out", str(out), "--steps", "2", "--eval-sequences", "4",
-                      "--train-distance", "1"]) == 0
+                      "--train-distance", "1", "--backprop", "mrbp"]) == 0
     model, config = load_recall_model(out)
     assert config["model"] == "recall" and config["config"]["memory"] == "none"
+    assert config["training"]["backprop"] == "mrbp"
     assert set(config["training"]["recall"]) == {"1x", "4x", "16x"}
     lines = [json.loads(s) for s in (out / "train_log.jsonl").read_text().splitlines()]
     assert lines[-1]["event"] == "summary" and lines[0]["step"] == 2
