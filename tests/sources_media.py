@@ -78,8 +78,10 @@ class ScriptedCapture:
     s, then reads fail. Frame i is filled with ``ids[i] % 256``; ``hang`` makes every read after the
     first three (those of ``open``) block that long."""
 
-    def __init__(self, stamps, period: float = 0.0, fps: float = 25.0, ids=None, hang: float = 0.0) -> None:
+    def __init__(self, stamps, period: float = 0.0, fps: float = 25.0, ids=None, hang: float = 0.0,
+                 frame_count: float = -1.0) -> None:
         self.stamps = list(stamps)
+        self.frame_count = frame_count  # what FFmpeg reports: the length of a finite stream, <= 0 when live
         self.ids = list(ids) if ids is not None else list(range(len(self.stamps)))
         self.period, self.fps, self.hang = period, fps, hang
         self.index = -1
@@ -100,6 +102,8 @@ class ScriptedCapture:
 
         if prop == cv2.CAP_PROP_POS_MSEC:
             return float(self.stamps[min(self.index, len(self.stamps) - 1)])
+        if prop == cv2.CAP_PROP_FRAME_COUNT:
+            return self.frame_count
         return self.fps if prop == cv2.CAP_PROP_FPS else 0.0
 
     def release(self) -> None:

@@ -120,6 +120,49 @@ def test_reconnects_within_the_attempt_limit_then_ends():
     assert first.released and second.released
 
 
+def test_a_finite_stream_ends_at_its_end_instead_of_replaying():
+    """A file or VOD playlist over HTTP (FFmpeg reports its frame count) read to the end just ends; cut short, it
+    reconnects like a live stream."""
+    whole = ScriptedCapture([100 * i for i in range(12)], fps=10.0, frame_count=12)
+    source = ScriptedSource([whole, ScriptedCapture([0, 100, 200], fps=10.0, frame_count=12)], mode="all",
+                            reconnect=FAST)
+    packets = _run(source)
+    assert len(packets) == 12 and source.connects == 1 and source.stats.reconnects == 0
+    assert source.stats.errors == [] and whole.released
+
+    cut = ScriptedCapture([100 * i for i in range(5)], fps=10.0, frame_count=12)   # the connection broke
+    rest = ScriptedCapture([100 * i for i in range(12)], fps=10.0, frame_count=12, ids=range(100, 112))
+    source = ScriptedSource([cut, rest], mode="all", reconnect=FAST)
+    packets = _run(source)
+    assert len(packets) == 5 + 12 and source.stats.reconnects == 1 and source.stats.errors == []
+
+
+def test_a_video_file_served_over_http_plays_once(tmp_path):
+    """A real HTTP server on loopback serving an mp4: the URL source delivers its frames once and ends."""
+    import functools
+    import http.server
+    import threading
+
+    import cv2
+
+    frames = 15
+    writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (32, 24))
+    for i in range(frames):
+        writer.write(np.full((24, 32, 3), 10 * i, np.uint8))
+    writer.release()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = UrlVideoSource(f"http://127.0.0.1:{server.server_address[1]}/clip.mp4", mode="all",
+                                reconnect=Reconnect(interval=0.05, backoff=1.0, max_interval=0.05, attempts=3))
+        packets = _run(source, limit=20.0)
+    finally:
+        server.shutdown()
+    assert len(packets) == frames and source.stats.reconnects == 0 and source.stats.errors == []
+
+
 def test_a_stalled_stream_reconnects():
     frozen = ScriptedCapture([0, 40] + [80] * 400, period=0.005)  # frames keep coming, time stands still
     fresh = ScriptedCapture([40 * i for i in range(5)], ids=range(100, 105))

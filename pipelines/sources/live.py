@@ -4,8 +4,9 @@ The reader thread owns the capture: it reads, stamps, counts and hands frames to
 :class:`FrameBuffer` (``latest``: newest frame only, overwritten ones counted as dropped; ``all``:
 bounded queue, the reader waits = back-pressure). When a read fails or no new frame comes for
 ``stall_timeout`` s it reconnects per :class:`Reconnect`; past the attempt limit the stream ends
-cleanly with the cause in ``stats.errors``. The consumer also watches the reader's heartbeat, so a
-capture stuck inside a native call can never block iteration forever.
+cleanly with the cause in ``stats.errors``. A finite stream (a file or VOD playlist served over HTTP: FFmpeg
+reports its frame count) that read to its end just ends: reconnecting would replay it for ever. The consumer
+also watches the reader's heartbeat, so a capture stuck inside a native call can never block iteration forever.
 
 Times: per connection, stream time = base + (container timestamp - first timestamp), where the base
 of a new connection is the wall-clock time since the source opened (at least one frame after the
@@ -136,6 +137,7 @@ class _LiveVideoSource(BaseSource):
         elif not (math.isfinite(fps) and 0 < fps <= 1000):
             fps = 30.0
         self._stamper = _Stamper(fps, self.stall_timeout)
+        self._length = self._frame_count(cap)
         self._frames = FrameBuffer(self.mode, self.buffer)
         self._stop.clear()
         self._failures = self._overwritten = 0
@@ -144,6 +146,17 @@ class _LiveVideoSource(BaseSource):
         self._thread = threading.Thread(target=self._run, args=(cap, frames), name=f"source {self.name}", daemon=True)
         self._thread.start()
         return SourceInfo("video", float(fps), size=frames[0][0].shape[:2], live=True)
+
+    @staticmethod
+    def _frame_count(cap: cv2.VideoCapture) -> int | None:
+        """Frames of a finite stream (a file or a VOD playlist over HTTP), None for a live one: FFmpeg knows no
+        duration for a live stream, and OpenCV reports a negative or zero count."""
+        n = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        return int(n) if math.isfinite(n) and 0 < n < 1e12 else None
+
+    def _at_the_end(self, frames_read: int) -> bool:
+        """A finite stream that delivered (about) all its frames has ended: reconnecting would replay it."""
+        return self._length is not None and frames_read >= self._length - max(2, self._length // 50)
 
     # -- reader thread --------------------------------------------------------------------------
 
@@ -157,11 +170,12 @@ class _LiveVideoSource(BaseSource):
         try:
             for frame, stamp in frames:
                 self._put(frame, stamp)
-            advanced = time.monotonic()
+            advanced, read = time.monotonic(), len(frames)  # frames read on this connection
             while cap is not None and not self._stop.is_set():
                 ok, frame = cap.read()
                 self._heartbeat = time.monotonic()
                 if ok:
+                    read += 1
                     duplicates = self._stamper.duplicated
                     self._put(frame, cap.get(cv2.CAP_PROP_POS_MSEC))
                     now = time.monotonic()  # after a back-pressure wait in _put, which is no stall
@@ -170,11 +184,15 @@ class _LiveVideoSource(BaseSource):
                     if now - advanced <= self.stall_timeout:
                         continue
                     cause = f"stalled: the timestamp has not advanced for {self.stall_timeout:g} s"
+                elif self._at_the_end(read):
+                    log.info("%s: the stream ended after its %d frames", self.name, self._length)
+                    break
                 else:
                     cause = "the stream ended or no frame came in time"
                 cap.release()
                 cap = self._reconnect(cause)
-                advanced = time.monotonic()
+                advanced, read = time.monotonic(), 0
+                self._length = self._frame_count(cap) if cap is not None else None
         except Exception as e:  # noqa: BLE001 - the thread must end the stream, not die silently
             self.fail(f"reader failed: {type(e).__name__}: {one_line(e)}")
         finally:
