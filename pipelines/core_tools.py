@@ -10,6 +10,8 @@ import torch
 from memstream.memory import MEMORY_TYPES, CoreConfig, MemoryCore
 from memstream.models import build, list_models, load_weights, read_config
 
+INIT_SEED = 0  # weights of a core built from a preset or config (no checkpoint)
+
 
 def _core_from_args(args: argparse.Namespace) -> MemoryCore:
     """A core from --checkpoint, --config (JSON of CoreConfig fields) or --preset, with --memory on top."""
@@ -26,8 +28,13 @@ def _core_from_args(args: argparse.Namespace) -> MemoryCore:
             fields = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"--config {path}: not valid JSON ({e})") from e
-        return MemoryCore(CoreConfig.from_dict(fields).replace(**overrides))
-    return build(args.preset, **overrides)
+        cfg = CoreConfig.from_dict(fields).replace(**overrides)
+        with torch.random.fork_rng():  # untrained weights from a fixed seed: runs repeat, torch and ONNX compare
+            torch.manual_seed(INIT_SEED)
+            return MemoryCore(cfg)
+    with torch.random.fork_rng():
+        torch.manual_seed(INIT_SEED)
+        return build(args.preset, **overrides)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

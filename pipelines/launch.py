@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from memstream.pipelines.runner import StreamResult, StreamRunner, is_open
 from memstream.pipelines.segmenter import Segment
-from memstream.pipelines.streams import Source
+from memstream.pipelines.streams import FailedSource, Source, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,38 @@ def guess_kind(spec) -> str | None:
     return "video" if path.suffix or Path(str(spec)).is_dir() else None
 
 
-def open_specs(specs: Iterable, kind: str, **options) -> list[Source]:
-    """Specs -> sources via :func:`memstream.pipelines.sources.open_source` (Source objects pass through)."""
-    out = []
-    for spec in specs:
-        if isinstance(spec, Source):
-            out.append(spec)
-        else:
-            from memstream.pipelines.sources import open_source
+def open_specs(specs: Iterable, kind: str, *, keep_going: bool = False, **options) -> list[Source]:
+    """Specs -> opened sources via :func:`memstream.pipelines.sources.open_source` (Source objects pass through).
 
-            out.append(open_source(str(spec), kind, **options))
+    A spec that cannot be opened raises its :class:`SourceError`, after closing the sources already opened. With
+    ``keep_going`` and more than one spec it is logged and comes back as a :class:`FailedSource` instead (the
+    runner records it as a stream that ended with that error), so one dead camera does not keep the others from
+    running; only when every spec fails is the first error raised.
+    """
+    from memstream.pipelines.sources import open_source
+
+    out: list[Source] = []
+    failures: list[SourceError] = []
+    specs = list(specs)
+    try:
+        for spec in specs:
+            if isinstance(spec, Source):
+                out.append(spec)
+                continue
+            try:
+                out.append(open_source(str(spec), kind, **options))
+            except SourceError as e:
+                if not keep_going or len(specs) == 1:
+                    raise
+                log.error("%s; the other streams go on", e)
+                failures.append(e)
+                out.append(FailedSource(e))
+        if failures and len(failures) == len(specs):
+            raise failures[0]
+    except BaseException:
+        for source in out:
+            source.close()
+        raise
     return out
 
 
@@ -111,11 +133,11 @@ def stream(task_or_model, source, *, backend=None, kind: str | None = None, devi
         kind = getattr(task_or_model, "kind", None) if hasattr(task_or_model, "new_decoder") else None
         kind = kind or guess_kind(specs[0])
     task = as_task(task_or_model, kind)
-    sources = open_specs(specs, task.kind, **source_options)
+    sources = open_specs(specs, task.kind, keep_going=True, **source_options)
     runner = StreamRunner(task, backend if backend is not None else default_backend(task, device), sinks,
                           max_streams=max_streams or len(sources), batch_timeout=batch_timeout, max_batch=max_batch)
     for s in sources:
-        runner.add(s)
+        runner.add(s, opened=False if isinstance(s, FailedSource) else None)
     yield from runner.results()
 
 
@@ -215,11 +237,11 @@ def run_from_args(task, specs: list[str], args, extra_sinks: Sequence = ()) -> i
     from memstream.pipelines.sinks import JsonlSink, OverlayVideoSink, SummarySink, TerminalSink
 
     options = {k: getattr(args, k) for k in ("mode", "rate", "channels", "format") if getattr(args, k) is not None}
-    sources = open_specs(specs, task.kind, **options)
+    sources = open_specs(specs, task.kind, keep_going=True, **options)
     opened = []
     try:
         for s in sources:
-            if not is_open(s):
+            if not is_open(s) and not isinstance(s, FailedSource):
                 s.open()
             opened.append(s)
         out = Path(args.out) if args.out else None
@@ -250,7 +272,7 @@ def run_from_args(task, specs: list[str], args, extra_sinks: Sequence = ()) -> i
     runner = StreamRunner(task, backend, sinks, max_streams=args.max_streams or len(sources),
                           batch_timeout=args.batch_timeout, backend_name=args.backend)
     for s in sources:
-        runner.add(s, opened=True)
+        runner.add(s, opened=not isinstance(s, FailedSource))  # a failed one is recorded by its reader
 
     def on_signal(signum, frame):
         if runner.stopping:

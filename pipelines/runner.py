@@ -236,6 +236,11 @@ class StreamRunner:
         except Exception as e:  # a broken source ends its own stream only
             status, error = "error", str(e) or type(e).__name__
             log.warning("stream %s (%s) ended with an error: %s", st.id, getattr(source, "name", "?"), error)
+        source_errors = getattr(getattr(source, "stats", None), "errors", None)
+        if status == "ended" and source_errors:
+            # The source ended early on a failure it logged itself (a decoder error, a device gone, the reconnect
+            # limit): the stream failed, though what it delivered is still flushed and run below.
+            status, error = "error", source_errors[-1]
         try:
             if stopped:
                 status = "stopped"

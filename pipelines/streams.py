@@ -96,6 +96,21 @@ class Source(abc.ABC):
         self.close()
 
 
+class FailedSource(Source):
+    """A source that could not be opened, kept as a stream so the run records it: ``open`` raises its error."""
+
+    def __init__(self, error: SourceError) -> None:
+        self.name, self.error = error.source, error
+        self.info = None  # type: ignore[assignment]
+        self.stats = SourceStats(errors=[error.cause])
+
+    def open(self) -> SourceInfo:
+        raise self.error
+
+    def __iter__(self) -> Iterator[Packet]:
+        raise self.error
+
+
 class Decoder(Protocol):
     """Per-stream, plain Python: model outputs of one segment -> events (never revised once emitted)."""
 

@@ -27,6 +27,7 @@ from memstream.pipelines.core_task import CoreProbeTask
 from memstream.pipelines.launch import read_streams_file, stream
 from memstream.pipelines.runner import StreamRunner
 from memstream.pipelines.sinks import JsonlSink, SummarySink
+from memstream.pipelines.sources.common import BaseSource
 from memstream.pipelines.streams import Packet, Source, SourceInfo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,6 +329,38 @@ def test_failing_source_ends_only_its_stream(audio_task, tmp_path):
     assert [e["type"] for e in lines if e["stream"] == "0"][-1] == "end"  # its decoder was flushed
 
 
+class LoggedFailureSource(BaseSource):
+    """A BaseSource whose decoder fails mid-stream: BaseSource logs it into stats.errors and ends the iteration."""
+
+    kind = "audio"
+
+    def __init__(self, name, x, packet, fail_after):
+        super().__init__(name)
+        self.x, self.packet, self.fail_after = x, packet, fail_after
+
+    def _open(self):
+        return SourceInfo("audio", RATE, self.x.shape[1])
+
+    def _packets(self):
+        for k, i in enumerate(range(0, len(self.x), self.packet)):
+            if k == self.fail_after:
+                raise OSError("device unplugged")
+            yield Packet(self.x[i:i + self.packet], i / RATE)
+
+
+def test_a_source_that_logs_its_failure_ends_its_stream_as_an_error(audio_task, tmp_path):
+    x = audio(2.0, 10)
+    bad = LoggedFailureSource("mic-a", x, 640, fail_after=6)
+    good = audio_source("good", audio(0.8, 9), 640)
+    got, summary = run(audio_task, [bad, good], sinks=[SummarySink(tmp_path / "summary.json")])
+    rows = summary["streams"]
+    assert rows["0"]["status"] == "error" and rows["0"]["error"] == "OSError: device unplugged"
+    assert rows["0"]["source_errors"] == ["OSError: device unplugged"]
+    assert rows["1"]["status"] == "ended" and summary["total"]["errors"] == 1
+    # What it delivered before failing was still run: 6 packets of 640 samples, the last segment padded.
+    assert len(got["0"]) == math.ceil(6 * 640 / audio_task.segment_size) and rows["0"]["samples_in"] == 6 * 640
+
+
 def test_slow_stream_does_not_stall_others(audio_task):
     gate = threading.Event()
     x = audio(1.0, 11)
@@ -372,6 +405,59 @@ def test_stream_generator_api(core, tmp_path):
     assert first.index == 0
 
 
+def test_one_source_that_cannot_be_opened_does_not_stop_the_others(core, tmp_path, caplog):
+    """The generator API and the CLI: a missing file among several sources is recorded as that stream's error
+    (one log line naming it); the others run. Only when every source fails is the error raised (CLI: exit 2)."""
+    import soundfile as sf
+    from memstream.pipelines.cli import main
+
+    wav = tmp_path / "ok.wav"
+    sf.write(wav, audio(0.5, 3, channels=1), RATE)
+    missing = tmp_path / "missing.wav"
+    got = list(stream(core, [str(missing), str(wav)], kind="audio"))
+    assert {r.stream for r in got} == {"1"} and len(got) == math.ceil(0.5 * RATE / CoreProbeTask("audio", core).
+                                                                          segment_size)
+    assert any("missing.wav" in r.message and "other streams go on" in r.message for r in caplog.records)
+
+    out = tmp_path / "run"
+    assert main(["run", "core", "--preset", "core-tiny", "--source", str(missing), "--source", str(wav),
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["streams"]
+    assert rows["0"]["status"] == "error" and "missing.wav" in rows["0"]["error"]
+    assert rows["1"]["status"] == "ended" and rows["1"]["segments"] > 0
+    assert main(["run", "core", "--source", str(missing), "--source", str(tmp_path / "gone.wav")]) == 2
+
+
+def test_cli_run_core_repeats_and_onnx_matches_torch(tmp_path):
+    """An untrained preset core is built from a fixed seed: two runs give the same events, ONNX Runtime the same."""
+    import soundfile as sf
+    from memstream.pipelines.cli import main
+
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, audio(0.6, 5, channels=1), RATE)
+
+    def norms(name: str, *extra: str) -> list[float]:
+        out = tmp_path / name
+        assert main(["run", "core", "--preset", "core-tiny", "--source", str(wav), "--out", str(out), *extra]) == 0
+        events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+        return [e["output_norm"] for e in events if e["type"] == "segment"]
+
+    first = norms("a")
+    assert len(first) > 3 and first == norms("b")
+    assert norms("onnx", "--backend", "onnx") == pytest.approx(first, rel=1e-4)
+
+
+def test_open_specs_closes_what_it_opened_when_a_later_source_fails(tmp_path):
+    from memstream.pipelines.launch import open_specs
+    from memstream.pipelines.streams import SourceError
+
+    first = audio_source("first", audio(0.2, 1), 400)
+    with pytest.raises(SourceError, match="missing.wav"):
+        open_specs([first, str(tmp_path / "missing.wav")], "audio")
+    assert first.closed
+
+
 def test_streams_file(tmp_path):
     (tmp_path / "clip.wav").write_bytes(b"")
     f = tmp_path / "cams.streams"
@@ -388,7 +474,8 @@ ENDLESS = textwrap.dedent("""
     import numpy as np
     import memstream.pipelines.launch as launch
     from memstream.pipelines.cli import main
-    from memstream.pipelines.streams import Packet, Source, SourceInfo
+    from memstream.pipelines.sources.common import BaseSource
+from memstream.pipelines.streams import Packet, Source, SourceInfo
 
     class Endless(Source):
         name = "endless"
