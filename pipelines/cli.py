@@ -7,6 +7,8 @@ problem and exit code 2; ``MEMSTREAM_DEBUG=1`` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -49,6 +51,19 @@ examples:
 
 Run `memstream <command> <task> --help` for a task's options.
 """
+
+# Shown under a task's own --help, beside the lines of EXAMPLES that start with the same command and task.
+MORE_EXAMPLES = """\
+  memstream eval anomaly --data data/defects --checkpoint runs/nut --json --plot roc.png   # AUROC, PRO, F1
+  memstream export action --checkpoint runs/action --out action.onnx --opset 18
+  memstream export track --checkpoint runs/track --out track.onnx --public   # public detections as an input
+  memstream export anomaly --checkpoint runs/nut --out nut.onnx
+  memstream bench asr --data data/synth --lm data/lm    # WER short vs long-form, vs no memory, RTF, RSS
+  memstream bench action --data data/actions --skip speed
+  memstream bench track --data data/tracks --realdata ../shared/realdata   # vs IoU/SORT-style trackers
+  memstream bench anomaly --data data/defects --skip video
+"""
+
 
 
 def _recall(name: str) -> Handler:
@@ -130,6 +145,8 @@ def dispatch(argv: list[str]) -> int:
         raise UsageError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
     _, tasks = COMMANDS[command]
     if "" in tasks:
+        if "-h" in rest or "--help" in rest:
+            return _task_help(tasks[""], rest, f"memstream {command}")
         return tasks[""](rest)
     if not rest or rest[0] in ("-h", "--help"):
         print(f"usage: memstream {command} <task> [options]\n\ntasks: {', '.join(tasks)}\n\n{EXAMPLES}")
@@ -137,7 +154,26 @@ def dispatch(argv: list[str]) -> int:
     task, rest = rest[0], rest[1:]
     if task not in tasks:
         raise UsageError(f"unknown task {task!r} for `memstream {command}`; choose one of {', '.join(tasks)}")
+    if "-h" in rest or "--help" in rest:
+        return _task_help(tasks[task], rest, f"memstream {command} {task} ")
     return tasks[task](rest)
+
+
+def _task_help(handler: Handler, argv: list[str], prefix: str) -> int:
+    """A task's own --help, followed by the examples of that task where its parser shows none."""
+    buffer = io.StringIO()
+    code = 0
+    try:
+        with contextlib.redirect_stdout(buffer):
+            code = handler(argv)
+    except SystemExit as e:  # argparse exits after printing the help
+        code = e.code if isinstance(e.code, int) else 0
+    text = buffer.getvalue()
+    examples = [line for line in (EXAMPLES + MORE_EXAMPLES).splitlines() if line.strip().startswith(prefix)]
+    if examples and "examples:" not in text:
+        text = text.rstrip("\n") + "\n\nexamples:\n" + "\n".join(examples) + "\n"
+    sys.stdout.write(text)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

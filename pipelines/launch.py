@@ -210,7 +210,7 @@ def add_run_arguments(p) -> None:
     p.add_argument("--out", metavar="DIR", help="write DIR/events.jsonl and DIR/summary.json (default: events "
                                                 "as JSON Lines on stdout)")
     p.add_argument("--mode", choices=("latest", "all"), help="live sources: drop stale frames (latest) or keep all")
-    p.add_argument("--rate", type=int, help="stdin PCM: sample rate")
+    p.add_argument("--rate", type=float, help="stdin PCM or microphone: sample rate; an image folder: frame rate")
     p.add_argument("--channels", type=int, help="stdin PCM: channels")
     p.add_argument("--format", help="stdin PCM: sample format (e.g. s16le, f32le)")
     p.add_argument("--max-streams", type=int, help="state slots, streams running at once (default: all sources)")

@@ -19,6 +19,17 @@ def test_help_lists_every_command_with_examples(capsys):
     assert "examples:" in out
 
 
+def test_every_task_help_shows_examples_of_that_task(capsys):
+    for command, (_, tasks) in COMMANDS.items():
+        for task in tasks:
+            argv = [command, task, "--help"] if task else [command, "--help"]
+            assert main(argv) == 0, argv
+            out = capsys.readouterr().out
+            assert "usage:" in out and "examples:" in out, argv
+            examples = out.split("examples:", 1)[1]
+            assert f"memstream {command} {task}".strip() in examples, argv
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["frobnicate"], "unknown command 'frobnicate'"),
     (["eval", "nothing"], "unknown task 'nothing'"),
@@ -97,3 +108,51 @@ def test_bench_core_prints_every_figure_of_the_issue(capsys):
         assert set(rss) == {"before", "step_150", "after"} and all(v > 0 for v in rss.values())
         assert report["per_memory"][memory]["state_bytes"] == report["per_memory"][memory]["state_bytes_early"]
     assert {"eager", "emformer", "onnx", "growing_kv_early", "growing_kv_late"} <= set(report["latency"])
+
+
+@pytest.mark.parametrize("case", ["corrupt", "empty", "refused", "format", "fractional-rate", "mic"])
+def test_run_bad_input_is_one_line_naming_the_source_with_exit_2(case, tmp_path, capsys, monkeypatch):
+    """`memstream run` on each bad input the runtime promises to report: one stderr line naming the source and
+    the cause, exit code 2, no traceback."""
+    import io
+    import socket
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    if case == "corrupt":
+        path = tmp_path / "bad.wav"
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+        argv, needles = ["--source", str(path)], [str(path), "cannot decode"]
+    elif case == "empty":
+        path = tmp_path / "empty.wav"
+        sf.write(path, np.zeros((0, 1), np.float32), 16000)
+        argv, needles = ["--source", str(path)], [str(path), "zero-length"]
+    elif case == "refused":
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"http://127.0.0.1:{port}/live"
+        argv, needles = ["--kind", "video", "--source", url], [url, "connection refused"]
+    elif case == "format":
+        argv, needles = ["--source", "-", "--rate", "16000", "--format", "s24le"], ["stdin", "'s24le'"]
+    elif case == "fractional-rate":
+        argv, needles = ["--source", "-", "--rate", "22050.5"], ["stdin", "rate=22050.5"]
+    else:
+        argv, needles = ["--source", "mic:7"], ["microphone 7"]
+    assert main(["run", "core", "--preset", "core-tiny", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("memstream: error:"), err
+    assert all(n in err for n in needles), err
+
+
+def test_run_an_image_folder_at_a_fractional_frame_rate(tmp_path, capsys):
+    import cv2
+
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((24, 32, 3), 40 * i, np.uint8))
+    out = tmp_path / "run"
+    assert main(["run", "core", "--preset", "core-tiny", "--kind", "video", "--source", str(tmp_path),
+                 "--rate", "7.5", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["streams"]["0"]["frames_in"] == 6 and summary["total"]["errors"] == 0
+    assert summary["streams"]["0"]["media_s"] == pytest.approx(6 / 7.5, abs=1e-6)
