@@ -474,8 +474,7 @@ ENDLESS = textwrap.dedent("""
     import numpy as np
     import memstream.pipelines.launch as launch
     from memstream.pipelines.cli import main
-    from memstream.pipelines.sources.common import BaseSource
-from memstream.pipelines.streams import Packet, Source, SourceInfo
+    from memstream.pipelines.streams import Packet, Source, SourceInfo
 
     class Endless(Source):
         name = "endless"
