@@ -224,7 +224,7 @@ class StreamRunner:
                 data = np.asarray(packet.data)
                 if info.kind == "audio":
                     st.items += len(data)
-                    segments = segmenter.push(data)
+                    segments = segmenter.push(data, packet.time)  # a gap in the times is filled with silence
                 else:  # one frame (H, W, 3), or a burst (n, H, W, 3) spaced at the source's rate
                     frames = data if data.ndim == 4 else data[None]
                     st.items += len(frames)

@@ -58,10 +58,16 @@ class AudioSegmenter:
         native_rate: the source's sample rate.
         channels: the source's channel count (down-mixed to mono by averaging).
         block_seconds: raw re-chunking block; any fixed value gives packet-size invariance.
+        gap_tolerance: seconds; a packet whose time lies further than this beyond the end of the samples received
+            so far (audio lost upstream, e.g. a microphone's overflow) is preceded by silence for the gap, so the
+            stream's times stay right and equal those of the same stream with the loss replaced by silence.
+
+    ``push(samples, time)``: packets stamped by sample count (every memstream source) fill exactly the lost
+    samples; without a time, samples are taken as contiguous.
     """
 
     def __init__(self, segment_samples: int, rate: int, native_rate: int, channels: int = 1,
-                 block_seconds: float = 0.02) -> None:
+                 block_seconds: float = 0.02, gap_tolerance: float = 0.005) -> None:
         if segment_samples <= 0:
             raise ValueError(f"segment_samples={segment_samples} must be positive")
         if channels <= 0:
@@ -83,6 +89,10 @@ class AudioSegmenter:
         self._all_valid.flags.writeable = False  # shared by every full segment of the stream
         self._index = 0
         self._emitted = 0
+        self.gap_tolerance = gap_tolerance
+        self._origin: float | None = None  # time of the first packet
+        self._received = 0  # native samples received, gaps filled included
+        self.filled = 0  # native samples of silence put in for gaps
 
     def _downmix(self, raw: np.ndarray) -> np.ndarray:
         return raw.mean(axis=1, dtype=np.float32)[None, :] if raw.shape[1] > 1 else raw.T.astype(np.float32)
@@ -120,13 +130,26 @@ class AudioSegmenter:
             self._emitted += n
         return segments
 
-    def push(self, samples: np.ndarray) -> list[Segment]:
-        """samples: (n, C) or (n,) float32 -> the segments completed by them."""
+    def push(self, samples: np.ndarray, time: float | None = None) -> list[Segment]:
+        """samples: (n, C) or (n,) float32, time: the packet's stream time in seconds (None: right after the
+        previous packet) -> the segments completed by them."""
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim == 1:
             samples = samples[:, None]
         if samples.shape[1] != self.channels:
             raise ValueError(f"audio packet has {samples.shape[1]} channels, the stream has {self.channels}")
+        segments = []
+        if time is not None:
+            if self._origin is None:
+                self._origin = time
+            gap = int(round((time - self._origin) * self.native_rate)) - self._received
+            if gap > self.gap_tolerance * self.native_rate:
+                self.filled += gap
+                segments = self._push(np.zeros((gap, self.channels), np.float32))
+        return segments + self._push(samples) if segments else self._push(samples)
+
+    def _push(self, samples: np.ndarray) -> list[Segment]:
+        self._received += len(samples)
         if self._direct:
             self._append(samples[:, 0].copy())  # kept past this call: a source may reuse its packet buffer
             return self._take(final=False)

@@ -149,6 +149,21 @@ def test_audio_packet_size_invariance(audio_task):
     assert small["0"][-1].events[0]["valid_fraction"] < 1.0  # the padded last segment
 
 
+def test_lost_audio_keeps_the_stream_times(audio_task):
+    """Packets whose times jump (audio lost upstream) give the results of the same stream with silence there:
+    every event time stays on the source's clock."""
+    x = audio(1.2, 8, channels=1)
+    packet = 320
+    packets = [Packet(x[i:i + packet], i / RATE) for i in range(0, len(x), packet)]
+    lost = set(range(10, 18))
+    silenced = [Packet(np.zeros_like(p.data), p.time) if k in lost else p for k, p in enumerate(packets)]
+    kept = [p for k, p in enumerate(packets) if k not in lost]
+    got, _ = run(audio_task, [ListSource("gappy", "audio", RATE, kept)])
+    want, _ = run(audio_task, [ListSource("silent", "audio", RATE, silenced)])
+    assert_events_close(events(got["0"]), events(want["0"]))
+    torch.testing.assert_close(outputs(got["0"]), outputs(want["0"]), atol=1e-5, rtol=1e-5)
+
+
 def test_video_burst_invariance(video_task):
     frames = video(23, seed=2)
     single, _ = run(video_task, [video_source("v", frames, burst=1, delay=0.002)])

@@ -83,6 +83,39 @@ def test_audio_at_the_model_rate_is_cut_straight_and_copied():
         assert all(s.valid.all() for s in out[:-1])
 
 
+@pytest.mark.parametrize("native, channels", [(16000, 1), (44100, 2)], ids=["direct", "resampled"])
+def test_a_gap_in_packet_times_is_filled_with_silence(native, channels):
+    """Audio lost upstream (a microphone's overflow: the packet times jump) gives the segments, times and values,
+    of the same stream with silence where the loss was; times that join up change nothing."""
+    rng = np.random.default_rng(1)
+    packet = native // 50  # 20 ms
+    x = rng.uniform(-0.5, 0.5, (60 * packet, channels)).astype(np.float32)
+    lost = range(20, 27)  # 7 packets (140 ms) never arrive
+
+    def run(with_times: bool, silence: bool):
+        seg, out = AudioSegmenter(4000, 16000, native, channels=channels), []
+        for k in range(60):
+            if k in lost and not silence:
+                continue
+            data = np.zeros_like(x[:packet]) if k in lost else x[k * packet:(k + 1) * packet]
+            out += seg.push(data, k * packet / native if with_times else None)
+        return out + seg.flush(), seg
+
+    gapped, seg = run(with_times=True, silence=False)
+    filled, _ = run(with_times=True, silence=True)
+    untimed, _ = run(with_times=False, silence=True)
+    assert seg.filled == len(lost) * packet
+    assert len(gapped) == len(filled) == len(untimed)
+    for a, b, c in zip(gapped, filled, untimed, strict=True):
+        assert a.start == b.start == c.start and a.index == b.index
+        np.testing.assert_array_equal(a.valid, b.valid)
+        np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_array_equal(b.data, c.data)
+    contiguous, _ = run(with_times=False, silence=False)
+    valid = sum(int(g.valid.sum()) for g in gapped)
+    assert sum(int(g.valid.sum()) for g in contiguous) < valid  # without times the loss shortens the stream
+
+
 def test_video_segmenter_pads_and_resizes(caplog):
     seg = VideoSegmenter(4, size=(32, 48), rate=10)
     frames = [np.full((64, 96, 3), i, np.uint8) for i in range(6)]
