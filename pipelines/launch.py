@@ -227,10 +227,49 @@ def specs_from_args(args) -> list[str]:
     return specs
 
 
+class _SignalStop:
+    """SIGINT/SIGTERM from the start of a run: a signal while sources open or the model exports marks the run to
+    stop as soon as its runner exists (it then ends at once, sinks flushed, exit 0); during the run the step in
+    flight finishes and the sinks flush. A second signal gives up at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.runner: StreamRunner | None = None
+        self.requested = False
+
+    def handle(self, signum, frame) -> None:
+        import signal
+
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        when = "finishing the step in flight, then flushing" if self.runner else "stopping before the first step"
+        log.warning("%s: %s", signal.Signals(signum).name, when)
+        if self.runner is not None:
+            self.runner.stop()
+
+    def attach(self, runner: StreamRunner) -> None:
+        self.runner = runner
+        if self.requested:
+            runner.stop()
+
+
 def run_from_args(task, specs: list[str], args, extra_sinks: Sequence = ()) -> int:
     """Open the sources, build backend and sinks (plus ``extra_sinks``), run until the streams end or
-    SIGINT/SIGTERM; exit code."""
+    SIGINT/SIGTERM; exit code. The signal handlers are in place before anything slow starts."""
     import signal
+
+    control = _SignalStop()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
+        previous = {sig: signal.signal(sig, control.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_from_args(task, specs, args, extra_sinks, control)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control: _SignalStop) -> int:
     import sys
     import tempfile
 
@@ -274,20 +313,8 @@ def run_from_args(task, specs: list[str], args, extra_sinks: Sequence = ()) -> i
     for s in sources:
         runner.add(s, opened=not isinstance(s, FailedSource))  # a failed one is recorded by its reader
 
-    def on_signal(signum, frame):
-        if runner.stopping:
-            raise KeyboardInterrupt  # a second Ctrl-C: give up at once
-        log.warning("%s: finishing the step in flight, then flushing", signal.Signals(signum).name)
-        runner.stop()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        summary = runner.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    control.attach(runner)
+    summary = runner.run()
     total = summary["total"]
     failed = [f"{sid} ({row['source']}): {row['error']}" for sid, row in summary["streams"].items()
               if row["status"] == "error"]

@@ -570,6 +570,36 @@ def test_cli_graceful_stop(sig, feed, tmp_path):
         assert [e["index"] for e in mine[:-1]] == list(range(len(mine) - 1)) and mine[-1]["type"] == "end"
 
 
+def test_cli_signal_while_the_sources_open_stops_cleanly(tmp_path):
+    """SIGTERM while a source is still opening (a slow camera or URL): exit 0, an empty but complete summary."""
+    ready = tmp_path / "opening"
+    script = ENDLESS.replace("launch.open_specs = lambda specs, kind, **options: [Endless() for _ in specs]",
+                             "def slow_open(specs, kind, **options):\n"
+                             f"    open({str(ready)!r}, 'w').close()\n"
+                             "    time.sleep(3)\n"
+                             "    return [Endless() for _ in specs]\n"
+                             "launch.open_specs = slow_open")
+    assert "slow_open" in script
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not ready.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert ready.exists(), proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "stopping before the first step" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["total"]["segments"] == 0
+    assert {row["status"] for row in summary["streams"].values()} == {"stopped"}
+
+
 def test_cli_errors_exit_2(tmp_path, capsys):
     from memstream.pipelines.cli import main
 
