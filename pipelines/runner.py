@@ -79,6 +79,8 @@ class _Stream:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     space: threading.Condition | None = None  # the reader waits on it while the queue is full
+    latest: bool = False  # a live source in `latest` mode: a new segment replaces one still waiting
+    segments_dropped: int = 0
 
 
 def is_open(source: Source) -> bool:
@@ -95,7 +97,8 @@ class StreamRunner:
         max_streams: state slots, the most streams running at once; later ones wait for a free slot.
         batch_timeout: seconds to wait for more streams once one has a segment ready.
         max_batch: at most this many streams per step (None: all that are ready); 1 steps streams one by one.
-        queue_size: segments buffered per stream before its reader waits.
+        queue_size: segments buffered per stream before its reader waits. A live source in ``latest`` mode keeps
+            at most one waiting: a newer segment replaces it (counted as the stream's ``segments_dropped``).
         backend_name: how the summary names the backend.
     """
 
@@ -191,6 +194,9 @@ class StreamRunner:
 
     def _put(self, st: _Stream, segment: Segment) -> bool:
         with self._lock:
+            while st.latest and st.queue:  # `latest` never builds a backlog: the newest segment goes next
+                st.queue.popleft()
+                st.segments_dropped += 1
             while len(st.queue) >= self.queue_size:
                 if self._stop.is_set():
                     return False
@@ -207,6 +213,7 @@ class StreamRunner:
         try:
             info = source.info if st.opened else source.open()
             st.kind = info.kind
+            st.latest = bool(getattr(info, "live", False)) and getattr(source, "mode", None) == "latest"
             if info.kind != self.task.kind:
                 raise SourceError(str(getattr(source, "name", source)),
                                   f"a {info.kind} source cannot feed the {self.task.kind} task {self.task.name!r}")
@@ -348,6 +355,7 @@ class StreamRunner:
         counts = {k: getattr(source_stats, k, None) for k in ("dropped", "duplicated", "reconnects", "skipped")}
         counts["source_errors"] = list(getattr(source_stats, "errors", None) or [])
         self.stats.stream_ended(st.id, status or st.status, st.error, packets=st.packets, kind=st.kind, slot=st.slot,
+                                segments_dropped=st.segments_dropped,
                                 frames_in=st.items if st.kind == "video" else 0,
                                 samples_in=st.items if st.kind == "audio" else 0, **counts)
         for holder in (self.task, *self.sinks):

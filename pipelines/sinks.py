@@ -338,7 +338,8 @@ class RunStats:
     Real-time factor: processing time / media time (below 1: faster than real time).
     """
 
-    COUNTS = ("packets", "frames_in", "samples_in", "segments", "dropped", "duplicated", "reconnects", "skipped")
+    COUNTS = ("packets", "frames_in", "samples_in", "segments", "segments_dropped", "dropped", "duplicated",
+              "reconnects", "skipped")
 
     def __init__(self, task: str = "", backend: str = "") -> None:
         self.task, self.backend = task, backend

@@ -376,6 +376,47 @@ def test_a_source_that_logs_its_failure_ends_its_stream_as_an_error(audio_task, 
     assert len(got["0"]) == math.ceil(6 * 640 / audio_task.segment_size) and rows["0"]["samples_in"] == 6 * 640
 
 
+class SlowBackend(TorchBackend):
+    """A model step that takes at least ``seconds`` (a model slower than the stream)."""
+
+    def __init__(self, model, seconds):
+        super().__init__(model)
+        self.seconds = seconds
+
+    def step(self, *args, **kw):
+        time.sleep(self.seconds)
+        return super().step(*args, **kw)
+
+
+@pytest.mark.parametrize("mode", ["latest", "all"])
+def test_latest_mode_never_queues_more_than_one_segment(audio_task, mode):
+    """A live source in `latest` mode feeding a model slower than itself: the newest segment replaces a waiting
+    one (latency stays about one step); in `all` mode every segment runs."""
+    x = audio(2.0, 21, channels=1)
+    n_segments = math.ceil(len(x) / audio_task.segment_size)
+
+    class Live(ListSource):
+        def open(self):
+            self.info = SourceInfo("audio", RATE, 1, live=True)
+            return self.info
+
+    source = Live("cam", "audio", RATE, [Packet(x[i:i + 400], i / RATE) for i in range(0, len(x), 400)])
+    source.mode = mode
+    step = 0.01
+    got, summary = run(audio_task, [source], backend=SlowBackend(audio_task.model, step))
+    row = summary["streams"]["0"]
+    assert row["segments"] == len(got["0"])
+    if mode == "all":
+        assert row["segments"] == n_segments and row["segments_dropped"] == 0
+    else:
+        assert row["segments_dropped"] > n_segments // 2  # the source is far faster than 10 ms per segment
+        assert row["segments"] + row["segments_dropped"] == n_segments
+        assert row["latency_ms"]["p99"] < 1e3 * 6 * step  # the one waiting segment and the step in flight (+ noise)
+        assert summary["total"]["segments_dropped"] == row["segments_dropped"]
+        times = [r.time for r in got["0"]]
+        assert times == sorted(times) and got["0"][-1].index == n_segments - 1  # the last segment always runs
+
+
 def test_slow_stream_does_not_stall_others(audio_task):
     gate = threading.Event()
     x = audio(1.0, 11)
