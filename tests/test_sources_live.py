@@ -34,6 +34,18 @@ def _run(source, limit: float = 10.0, per_packet: float = 0.0):
     return packets
 
 
+def _open_once_listening(source, within: float) -> None:
+    """Open a loopback source whose ffmpeg publisher was just started: it needs a moment before it listens."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            source.open()
+            return
+        except SourceError as e:
+            assert "connection refused" in e.cause and time.monotonic() < deadline, e
+            time.sleep(0.1)
+
+
 @pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed: needed to publish the loopback live stream")
 @pytest.mark.parametrize("mode", ["latest", "all"])
 def test_loopback_stream_survives_publisher_restart(mode):
@@ -42,13 +54,7 @@ def test_loopback_stream_survives_publisher_restart(mode):
     source = UrlVideoSource(publisher.url, mode=mode, reconnect=Reconnect(0.2, 1.5, 0.8, 8), stall_timeout=2.0,
                             open_timeout=3.0)
     try:
-        while True:  # ffmpeg needs a moment before it listens
-            try:
-                source.open()
-                break
-            except SourceError as e:
-                assert "connection refused" in e.cause and time.monotonic() < deadline - 15, e
-                time.sleep(0.1)
+        _open_once_listening(source, within=10.0)
         assert source.info.live and source.info.size == (120, 160) and source.info.rate == pytest.approx(25)
         phase, after, packets, gone = "first", 0, [], 0.0
         for packet in source:
@@ -75,6 +81,68 @@ def test_loopback_stream_survives_publisher_restart(mode):
     finally:
         publisher.kill()
         source.close()
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed: needed to publish the loopback live stream")
+def test_the_runner_rides_out_a_publisher_restart():
+    """Through StreamRunner: a live loopback stream whose publisher is killed and restarted reconnects and keeps
+    producing segments in order; past its attempt limit it ends as an error while a file stream beside it ends
+    cleanly. The summary counts the reconnect."""
+    import torch
+    from memstream.export import TorchBackend
+    from memstream.memory import CoreConfig, MemoryCore
+    from memstream.pipelines.core_task import CoreProbeTask
+    from memstream.pipelines.runner import StreamRunner
+    from memstream.pipelines.streams import Packet, Source, SourceInfo
+
+    class Frames(Source):  # a finite video stream beside the live one
+        name = "frames"
+
+        def open(self):
+            self.info = SourceInfo("video", 25.0)
+            return self.info
+
+        def __iter__(self):
+            for i in range(40):
+                yield Packet(np.full((120, 160, 3), i, np.uint8), i / 25)
+
+    torch.manual_seed(0)
+    core = MemoryCore(CoreConfig(dim=32, heads=2, layers=2, ff_mult=2, segment=4, memory_length=6)).eval()
+    task = CoreProbeTask("video", core, frame_size=(24, 32), grid=(6, 8))
+    publisher = Publisher(free_port()).start()
+    live = UrlVideoSource(publisher.url, mode="all", reconnect=Reconnect(0.2, 1.5, 0.8, 6), stall_timeout=2.0,
+                          open_timeout=3.0)
+    deadline = time.monotonic() + 40.0
+    try:
+        _open_once_listening(live, within=10.0)
+        runner = StreamRunner(task, TorchBackend(core), max_streams=2, batch_timeout=0.02)
+        runner.add(live, "live", opened=True)
+        runner.add(Frames(), "file")
+        phase, seen = "first", {"live": [], "file": []}
+        for r in runner.results():
+            assert time.monotonic() < deadline, f"no end in sight (phase {phase}, {live.stats})"
+            seen[r.stream].append(r)
+            n = len(seen["live"])
+            if r.stream != "live":
+                continue
+            if phase == "first" and n >= 8:
+                publisher.kill()
+                time.sleep(0.3)
+                publisher.start()
+                phase, at_restart = "restarted", n
+            elif phase == "restarted" and live.stats.reconnects >= 1 and n >= at_restart + 8:
+                publisher.kill()
+                phase = "gone"
+    finally:
+        publisher.kill()
+        live.close()
+    rows = runner.summary["streams"]
+    assert phase == "gone" and rows["live"]["reconnects"] >= 1
+    assert rows["live"]["status"] == "error" and "gave up after 6 reconnect attempts" in rows["live"]["error"]
+    assert rows["file"]["status"] == "ended" and len(seen["file"]) == 10
+    assert [r.index for r in seen["live"]] == list(range(len(seen["live"])))
+    times = [r.time for r in seen["live"]]
+    assert times == sorted(times) and rows["live"]["segments"] == len(seen["live"])
 
 
 def test_duplicates_and_gaps_are_counted():
