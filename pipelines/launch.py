@@ -210,6 +210,10 @@ def add_run_arguments(p) -> None:
     p.add_argument("--out", metavar="DIR", help="write DIR/events.jsonl and DIR/summary.json (default: events "
                                                 "as JSON Lines on stdout)")
     p.add_argument("--mode", choices=("latest", "all"), help="live sources: drop stale frames (latest) or keep all")
+    p.add_argument("--reconnect-attempts", type=int, metavar="N",
+                   help="live sources: failed reconnect attempts in a row before the stream ends (default 5; 0: never)")
+    p.add_argument("--reconnect-interval", type=float, metavar="S",
+                   help="live sources: seconds before the first reconnect attempt, doubling up to 10 (default 1)")
     p.add_argument("--rate", type=float, help="stdin PCM or microphone: sample rate; an image folder: frame rate")
     p.add_argument("--channels", type=int, help="stdin PCM: channels")
     p.add_argument("--format", help="stdin PCM: sample format (e.g. s16le, f32le)")
@@ -225,6 +229,19 @@ def specs_from_args(args) -> list[str]:
     if not specs:
         raise ValueError("no source: give --source SPEC (repeatable) or --streams FILE")
     return specs
+
+
+def reconnect_from_args(args):
+    """--reconnect-attempts / --reconnect-interval -> a Reconnect policy (None: the sources' default)."""
+    from memstream.pipelines.sources import Reconnect
+
+    attempts, interval = getattr(args, "reconnect_attempts", None), getattr(args, "reconnect_interval", None)
+    if attempts is None and interval is None:
+        return None
+    default = Reconnect()
+    interval = default.interval if interval is None else interval
+    return Reconnect(interval=interval, max_interval=max(default.max_interval, interval),
+                     attempts=default.attempts if attempts is None else attempts)
 
 
 class _SignalStop:
@@ -276,6 +293,9 @@ def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control:
     from memstream.pipelines.sinks import JsonlSink, OverlayVideoSink, SummarySink, TerminalSink
 
     options = {k: getattr(args, k) for k in ("mode", "rate", "channels", "format") if getattr(args, k) is not None}
+    reconnect = reconnect_from_args(args)
+    if reconnect is not None:
+        options["reconnect"] = reconnect
     sources = open_specs(specs, task.kind, keep_going=True, **options)
     opened = []
     try:

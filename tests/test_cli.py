@@ -156,3 +156,27 @@ def test_run_an_image_folder_at_a_fractional_frame_rate(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["streams"]["0"]["frames_in"] == 6 and summary["total"]["errors"] == 0
     assert summary["streams"]["0"]["media_s"] == pytest.approx(6 / 7.5, abs=1e-6)
+
+
+def test_run_passes_the_reconnect_policy_to_the_sources(monkeypatch, capsys):
+    import memstream.pipelines.launch as launch
+    from memstream.pipelines.sources import Reconnect
+    from memstream.pipelines.streams import SourceError
+
+    seen = {}
+
+    def fake_open_specs(specs, kind, **options):
+        seen.update(options)
+        raise SourceError(specs[0], "stop here")
+
+    monkeypatch.setattr(launch, "open_specs", fake_open_specs)
+    argv = ["run", "core", "--kind", "video", "--source", "rtsp://cam/1"]
+    assert main([*argv, "--reconnect-attempts", "2", "--reconnect-interval", "0.5"]) == 2
+    assert seen["reconnect"] == Reconnect(interval=0.5, attempts=2)
+    seen.clear()
+    assert main(argv) == 2 and "reconnect" not in seen  # the sources' own default
+    assert main([*argv, "--reconnect-interval", "30"]) == 2
+    assert seen["reconnect"] == Reconnect(interval=30.0, max_interval=30.0)
+    capsys.readouterr()
+    assert main([*argv, "--reconnect-attempts", "-1"]) == 2
+    assert "attempts=-1" in capsys.readouterr().err
