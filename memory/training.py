@@ -1,6 +1,7 @@
 """Training over streams: truncated backprop through time and memory-replay backprop (Memformer's MRBP).
 
-Both drive any ``step(x, state) -> (y, state)`` over a list of segments. ``bptt`` keeps the whole
+Both drive any ``step(x, state) -> (y, state)`` over a list of segments (``x`` is whatever ``step`` takes
+first, e.g. an ``(x, mask)`` pair for a step that also needs the padding mask). ``bptt`` keeps the whole
 graph (activation memory grows with the number of segments); ``mrbp`` keeps only the states at
 segment boundaries and replays one segment at a time backwards, giving the same gradients with the
 activation memory of one segment. ``truncated_bptt`` cuts the graph every ``k`` segments.
@@ -9,12 +10,12 @@ activation memory of one segment. ``truncated_bptt`` cuts the graph every ``k`` 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-StepFn = Callable[[Tensor, NamedTuple], tuple[Tensor, NamedTuple]]
+StepFn = Callable[[Any, NamedTuple], tuple[Tensor, NamedTuple]]
 LossFn = Callable[[int, Tensor], Tensor]  # (segment index, step output) -> scalar loss
 
 
@@ -55,7 +56,7 @@ def truncated_bptt(step: StepFn, segments: Sequence[Tensor], state: NamedTuple, 
     return state
 
 
-def mrbp(step: StepFn, segments: Sequence[Tensor], state: NamedTuple, loss_fn: LossFn) -> tuple[Tensor, NamedTuple]:
+def mrbp(step: StepFn, segments: Sequence[Any], state: NamedTuple, loss_fn: LossFn) -> tuple[Tensor, NamedTuple]:
     """Memory-replay backprop: gradients equal to :func:`bptt`'s, one segment's activations at a time.
 
     Forward without a graph, keeping the state at every segment boundary; then, from the last segment
