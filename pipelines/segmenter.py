@@ -61,13 +61,15 @@ class AudioSegmenter:
         gap_tolerance: seconds; a packet whose time lies further than this beyond the end of the samples received
             so far (audio lost upstream, e.g. a microphone's overflow) is preceded by silence for the gap, so the
             stream's times stay right and equal those of the same stream with the loss replaced by silence.
+        max_gap: seconds; a longer jump (a clock reset, a source paused for hours) is not filled but logged, and
+            the stream goes on as if contiguous: hours of silence would run through the model for nothing.
 
     ``push(samples, time)``: packets stamped by sample count (every memstream source) fill exactly the lost
     samples; without a time, samples are taken as contiguous.
     """
 
     def __init__(self, segment_samples: int, rate: int, native_rate: int, channels: int = 1,
-                 block_seconds: float = 0.02, gap_tolerance: float = 0.005) -> None:
+                 block_seconds: float = 0.02, gap_tolerance: float = 0.005, max_gap: float = 60.0) -> None:
         if segment_samples <= 0:
             raise ValueError(f"segment_samples={segment_samples} must be positive")
         if channels <= 0:
@@ -89,7 +91,7 @@ class AudioSegmenter:
         self._all_valid.flags.writeable = False  # shared by every full segment of the stream
         self._index = 0
         self._emitted = 0
-        self.gap_tolerance = gap_tolerance
+        self.gap_tolerance, self.max_gap = gap_tolerance, max_gap
         self._origin: float | None = None  # time of the first packet
         self._received = 0  # native samples received, gaps filled included
         self.filled = 0  # native samples of silence put in for gaps
@@ -143,7 +145,11 @@ class AudioSegmenter:
             if self._origin is None:
                 self._origin = time
             gap = int(round((time - self._origin) * self.native_rate)) - self._received
-            if gap > self.gap_tolerance * self.native_rate:
+            if gap > self.max_gap * self.native_rate:
+                log.warning("audio packet at %.3f s comes %.1f s after the previous one's end; taken as contiguous "
+                            "(gaps up to %g s are filled with silence)", time, gap / self.native_rate, self.max_gap)
+                self._origin += gap / self.native_rate  # later packets are measured from this one on
+            elif gap > self.gap_tolerance * self.native_rate:
                 self.filled += gap
                 segments = self._push(np.zeros((gap, self.channels), np.float32))
         return segments + self._push(samples) if segments else self._push(samples)

@@ -116,6 +116,16 @@ def test_a_gap_in_packet_times_is_filled_with_silence(native, channels):
     assert sum(int(g.valid.sum()) for g in contiguous) < valid  # without times the loss shortens the stream
 
 
+def test_a_jump_beyond_max_gap_is_logged_not_filled(caplog):
+    seg = AudioSegmenter(1600, 16000, 16000, max_gap=2.0)
+    x = np.ones((800, 1), np.float32)
+    with caplog.at_level(logging.WARNING):
+        out = seg.push(x, 0.0) + seg.push(x, 0.05) + seg.push(x, 3600.0) + seg.push(x, 3600.05)
+        out += seg.push(x, 3600.2)  # a real 100 ms loss after the jump is filled again
+    assert seg.filled == 1600 and "taken as contiguous" in caplog.text
+    assert [s.start for s in out] == [0.0, 0.1, 0.2] and all(s.valid.all() for s in out)
+
+
 def test_video_segmenter_pads_and_resizes(caplog):
     seg = VideoSegmenter(4, size=(32, 48), rate=10)
     frames = [np.full((64, 96, 3), i, np.uint8) for i in range(6)]
