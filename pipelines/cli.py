@@ -65,7 +65,6 @@ MORE_EXAMPLES = """\
 """
 
 
-
 def _recall(name: str) -> Handler:
     def handler(argv: list[str]) -> int:
         from memstream.pipelines import recall
