@@ -80,6 +80,8 @@ class _Stream:
     thread: threading.Thread | None = None
     space: threading.Condition | None = None  # the reader waits on it while the queue is full
     latest: bool = False  # a live source in `latest` mode: a new segment replaces one still waiting
+    sinks: list = field(default_factory=list)  # the run's sinks and the stream's own
+    own_sinks: list = field(default_factory=list)  # the stream's own: finished and closed when it ends
     segments_dropped: int = 0
 
 
@@ -132,9 +134,12 @@ class StreamRunner:
         self._finished = False
 
     # -- streams -------------------------------------------------------------------------------------
-    def add(self, source: Source, stream_id: str | None = None, *, opened: bool | None = None) -> str:
+    def add(self, source: Source, stream_id: str | None = None, *, opened: bool | None = None,
+            sinks: Sequence = ()) -> str:
         """Add a stream (from any thread, also while running); returns its id. ``opened``: the source is
-        already open (default: guessed from its ``info``); otherwise its reader thread opens it."""
+        already open (default: guessed from its ``info``); otherwise its reader thread opens it. ``sinks``: the
+        stream's own, beside the run's: they get only its events, and when it ends its summary
+        (:meth:`RunStats.stream_summary`) and ``close()``."""
         with self._cond:
             if self._finished:
                 raise RuntimeError("StreamRunner: the run has ended; start a new runner")
@@ -146,7 +151,8 @@ class StreamRunner:
                                  f"and result files never mix two streams): pass a new one, e.g. {sid + '-2'!r}")
             self._used_ids.add(sid)
             st = _Stream(sid, source, is_open(source) if opened is None else opened,
-                         decoder=self.task.new_decoder(sid), space=threading.Condition(self._lock))
+                         decoder=self.task.new_decoder(sid), space=threading.Condition(self._lock),
+                         sinks=[*self.sinks, *sinks], own_sinks=list(sinks))
             self._streams[sid] = st
             self.stats.stream_started(sid, str(getattr(source, "name", type(source).__name__)))
             self._waiting.append(st)
@@ -301,7 +307,7 @@ class StreamRunner:
         for ev in events:
             event = {"stream": st.id, **ev}
             event.setdefault("time", time_default)
-            for sink in self.sinks:
+            for sink in st.sinks:
                 sink.write(event)
             out.append(event)
         return out
@@ -337,7 +343,7 @@ class StreamRunner:
             st.last_end = seg.start + seg.duration
             out = self.task.split(outputs, i)
             events = self._emit(st, st.decoder.update(out, seg), seg.start)
-            for sink in self.sinks:
+            for sink in st.sinks:
                 if hasattr(sink, "write_segment"):
                     sink.write_segment(st.id, seg, events)
             results.append(StreamResult(st.id, seg.index, seg.start, seg.start + seg.duration, out, events, seg))
@@ -358,12 +364,19 @@ class StreamRunner:
                                 segments_dropped=st.segments_dropped,
                                 frames_in=st.items if st.kind == "video" else 0,
                                 samples_in=st.items if st.kind == "audio" else 0, **counts)
-        for holder in (self.task, *self.sinks):
+        for holder in (self.task, *st.sinks):
             if hasattr(holder, "end_stream"):
                 try:
                     holder.end_stream(st.id)
                 except Exception as e:  # noqa: BLE001 - the other streams run on
                     log.warning("stream %s: %s.end_stream failed: %s", st.id, type(holder).__name__, e)
+        for sink in st.own_sinks:
+            try:
+                if hasattr(sink, "finish"):
+                    sink.finish(self.stats.stream_summary(st.id))
+                sink.close()
+            except Exception as e:  # noqa: BLE001 - the other streams run on
+                log.error("stream %s: closing sink %s failed: %s", st.id, type(sink).__name__, e)
         st.decoder = None  # its last events are out; nothing reads it again
         with self._cond:
             if st in self._active:

@@ -380,6 +380,12 @@ class RunStats:
         if latency is not None:  # no more segments come for it
             row["latency_ms"] = latency.percentiles_ms()
 
+    def stream_summary(self, stream: str) -> dict:
+        """One stream alone, shaped like :meth:`summary` (its row is also the total): what a sink of that stream
+        gets when it ends."""
+        row = self._finish_row(self.streams[stream], self.latency.get(stream))
+        return {"task": self.task, "backend": self.backend, "total": row, "streams": {stream: row}}
+
     def _finish_row(self, row: dict, latency: Durations | None) -> dict:
         out = dict(row)
         out["media_s"] = round(row["media_s"], 6)

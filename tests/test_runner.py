@@ -291,6 +291,29 @@ class _RemoveOn:
         pass
 
 
+def test_a_stream_can_have_its_own_sinks(audio_task, tmp_path):
+    """`add(source, sinks=...)`: the stream's own sinks get its events only, and its summary and close() when it
+    ends, while the run's sinks get every stream's."""
+    short, long = audio(0.4, 31, channels=1), audio(1.0, 32, channels=1)
+    run_events = JsonlSink(tmp_path / "all.jsonl")
+    runner = StreamRunner(audio_task, TorchBackend(audio_task.model), [run_events], max_streams=2)
+    own = [JsonlSink(tmp_path / "a.jsonl"), SummarySink(tmp_path / "a-summary.json")]
+    runner.add(audio_source("a", short, 320), "a", sinks=own)
+    runner.add(audio_source("b", long, 320), "b")
+    closed_while_b_ran = None
+    for r in runner.results():
+        if r.stream == "b" and closed_while_b_ran is None and runner.summary is None:
+            closed_while_b_ran = (tmp_path / "a-summary.json").exists() or None
+    mine = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    every = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    assert {e["stream"] for e in mine} == {"a"} and mine[-1]["type"] == "end"
+    assert mine == [e for e in every if e["stream"] == "a"] and {e["stream"] for e in every} == {"a", "b"}
+    summary = json.loads((tmp_path / "a-summary.json").read_text())
+    assert list(summary["streams"]) == ["a"] and summary["total"]["segments"] == len(mine) - 1
+    assert summary["events"] == {"segment": len(mine) - 1, "end": 1}
+    assert closed_while_b_ran  # written when "a" ended, while "b" still ran
+
+
 def test_remove_lets_a_stream_leave(audio_task):
     x = audio(3.0, 16)
     leaver = _RemoveOn("0", 2)
