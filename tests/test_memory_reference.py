@@ -1,6 +1,6 @@
 """The recurrent memory types against plain reference loops written from their definitions.
 
-``tokens``, ``slots`` and ``knn`` have no parallel form: their ``forward_sequence`` is a loop over ``step``, so
+``tokens``, ``slots``, ``knn`` and ``ntm`` have no parallel form: their ``forward_sequence`` is a loop over ``step``, so
 test_core's streaming == sequence check compares ``step`` with itself for them. Here each type is recomputed
 one stream and one segment at a time, in float64, by code that shares nothing with the core but its weights:
 explicit rotary angles, attention as an einsum over the keys a token may see, padded tokens simply left out
@@ -20,7 +20,7 @@ from memstream.memory import MemoryCore
 B, SEGMENTS = 3, 7
 ATOL = 1e-5
 
-REFERENCE_VARIANTS = ["tokens", "tokens-update", "slots", "knn"]
+REFERENCE_VARIANTS = ["tokens", "tokens-update", "slots", "knn", "ntm"]
 
 
 def _ln(p: dict, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -44,6 +44,9 @@ class Reference:
         """The empty stream: learned initial tokens/slots, an empty ring, segment counter 0."""
         self.segment = 0
         self.memory = self.p["memory.initial"].clone() if "memory.initial" in self.p else None
+        if self.cfg.memory == "ntm":  # the NTM's previous read and write weights start from learned logits
+            self.read_w = torch.softmax(self.p["memory.initial_read"], dim=-1)
+            self.write_w = torch.softmax(self.p["memory.initial_write"], dim=-1).unsqueeze(0)
         self.ring: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # knn: (key, value, position), oldest first
 
     # -- pieces -------------------------------------------------------------------------------------------
@@ -121,16 +124,22 @@ class Reference:
             self.memory = h[k + n:]
         return y
 
-    def _slots(self, x, pos, first, last):
-        p, k, n, d = self.p, self.k, x.shape[0], self.cfg.dim
+    def blocks_over(self, x, pos, first, vectors):
+        """The blocks over [vectors ; segment]: every layer's segment tokens also attend to the memory vectors
+        (keys/values from that layer's projection, at the segment's first position)."""
+        k, n = vectors.shape[0], x.shape[0]
         sees = torch.cat((torch.ones(n, k, dtype=torch.bool), self.segment_sees(n)), dim=1)
         h = x
         for layer in range(self.cfg.layers):
             prefix = f"blocks.{layer}"
             _, q, _, kk, v = self.qkv(prefix, h, pos)
-            _, _, _, mk, mv = self.qkv(prefix, self.memory, torch.full((k,), first))  # slots at the first position
-            attn = self.attention(q, torch.cat((mk, kk)), torch.cat((mv, v)), sees)
-            h = self.finish(prefix, h, attn)
+            _, _, _, mk, mv = self.qkv(prefix, vectors, torch.full((k,), first))
+            h = self.finish(prefix, h, self.attention(q, torch.cat((mk, kk)), torch.cat((mv, v)), sees))
+        return h
+
+    def _slots(self, x, pos, first, last):
+        p, k, n, d = self.p, self.k, x.shape[0], self.cfg.dim
+        h = self.blocks_over(x, pos, first, self.memory)
         # Memformer's slot-wise write: each slot attends to itself and the segment, never to other slots.
         m = _ln(p, "memory.norm_memory", self.memory)
         q = self.heads(_linear(p, "memory.query", m))
@@ -145,6 +154,37 @@ class Reference:
         z = torch.sigmoid(_linear(p, "memory.gate", torch.cat((self.memory, update), dim=-1)))
         new = z * self.memory + (1 - z) * update + p["memory.forget_bias"]
         self.memory = new * math.sqrt(d) / new.norm(dim=-1, keepdim=True)
+        return h
+
+    def address(self, head: str, controller, prev):
+        """NTM addressing (Graves et al.) of the heads of ``memory.<head>``, one row at a time.
+
+        controller: (D,), prev: (H, R) -> weights (H, R), extra outputs (H, E)."""
+        width, rows = self.cfg.ntm_width, self.memory.shape[0]
+        per_head = _linear(self.p, f"memory.{head}.proj", controller).view(prev.shape[0], -1)
+        weights, extras = [], []
+        for h, out in enumerate(per_head):
+            key, beta, gate = out[:width], F.softplus(out[width]), torch.sigmoid(out[width + 1])
+            shift = torch.softmax(out[width + 2:width + 5], dim=0)  # offsets -1, 0, +1
+            gamma = 1 + F.softplus(out[width + 5])
+            cosine = torch.stack([key @ row / (key.norm() * row.norm()) for row in self.memory])
+            w = gate * torch.softmax(beta * cosine, dim=0) + (1 - gate) * prev[h]
+            # Offset +1 moves row i's weight to row i + 1, circularly.
+            w = torch.stack([sum(shift[o + 1] * w[(i - o) % rows] for o in (-1, 0, 1)) for i in range(rows)])
+            weights.append(w ** gamma / (w ** gamma).sum())
+            extras.append(out[width + 6:])
+        return torch.stack(weights), torch.stack(extras)
+
+    def _ntm(self, x, pos, first, last):
+        p, c = self.p, self.cfg.ntm_width
+        read_w, _ = self.address("read_head", _ln(p, "memory.norm_read", x.mean(0)), self.read_w)
+        tokens = _linear(p, "memory.out", read_w @ self.memory) + p["memory.head_embed"]  # (Hr, D)
+        h = self.blocks_over(x, pos, first, tokens)
+        w, extra = self.address("write_head", _ln(p, "memory.norm_write", h.mean(0)), self.write_w)
+        erase = torch.sigmoid(extra[0, :c])
+        add = erase * torch.tanh(extra[0, c:])
+        self.memory = self.memory * (1 - torch.outer(w[0], erase)) + torch.outer(w[0], add)
+        self.read_w, self.write_w = read_w, w
         return h
 
     def _knn(self, x, pos, first, last):
@@ -222,6 +262,9 @@ def test_step_equals_the_reference_loop(variant, causal, make_core, stream):
                                                atol=ATOL, rtol=0)
             elif int(state.step[b]) > 0:  # at step 0 the memory is the learned initial, kept out of the state
                 torch.testing.assert_close(state.memory[b].double(), ref.memory, atol=ATOL, rtol=0)
+                if variant == "ntm":
+                    torch.testing.assert_close(state.read_weights[b].double(), ref.read_w, atol=ATOL, rtol=0)
+                    torch.testing.assert_close(state.write_weights[b].double(), ref.write_w[0], atol=ATOL, rtol=0)
     assert worst <= ATOL, f"{variant}: max |step - reference| on valid tokens {worst:.3g} > {ATOL}"
 
 
