@@ -29,12 +29,9 @@ def _core_from_args(args: argparse.Namespace) -> MemoryCore:
         except json.JSONDecodeError as e:
             raise ValueError(f"--config {path}: not valid JSON ({e})") from e
         cfg = CoreConfig.from_dict(fields).replace(**overrides)
-        with torch.random.fork_rng():  # untrained weights from a fixed seed: runs repeat, torch and ONNX compare
-            torch.manual_seed(INIT_SEED)
-            return MemoryCore(cfg)
-    with torch.random.fork_rng():
+    with torch.random.fork_rng():  # untrained weights from a fixed seed: runs repeat, torch and ONNX compare
         torch.manual_seed(INIT_SEED)
-        return build(args.preset, **overrides)
+        return MemoryCore(cfg) if args.config else build(args.preset, **overrides)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -137,7 +137,7 @@ def stream(task_or_model, source, *, backend=None, kind: str | None = None, devi
     runner = StreamRunner(task, backend if backend is not None else default_backend(task, device), sinks,
                           max_streams=max_streams or len(sources), batch_timeout=batch_timeout, max_batch=max_batch)
     for s in sources:
-        runner.add(s, opened=False if isinstance(s, FailedSource) else None)
+        runner.add(s)  # opened is guessed from its info: a FailedSource has none, its reader records the error
     yield from runner.results()
 
 
@@ -331,7 +331,7 @@ def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control:
     runner = StreamRunner(task, backend, sinks, max_streams=args.max_streams or len(sources),
                           batch_timeout=args.batch_timeout, backend_name=args.backend)
     for s in sources:
-        runner.add(s, opened=not isinstance(s, FailedSource))  # a failed one is recorded by its reader
+        runner.add(s)  # opened is guessed from its info: a FailedSource has none, its reader records the error
 
     control.attach(runner)
     summary = runner.run()

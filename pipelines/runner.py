@@ -85,6 +85,18 @@ class _Stream:
     segments_dropped: int = 0
 
 
+def _finish_sink(sink, summary: dict) -> Exception | None:
+    """Hand ``sink`` its summary and close it; a failure is logged and returned, not raised."""
+    try:
+        if hasattr(sink, "finish"):
+            sink.finish(summary)
+        sink.close()
+    except Exception as e:  # noqa: BLE001 - the caller decides whether it ends the run
+        log.error("closing sink %s failed: %s", type(sink).__name__, e)
+        return e
+    return None
+
+
 def is_open(source: Source) -> bool:
     return isinstance(getattr(source, "info", None), SourceInfo)
 
@@ -371,12 +383,7 @@ class StreamRunner:
                 except Exception as e:  # noqa: BLE001 - the other streams run on
                     log.warning("stream %s: %s.end_stream failed: %s", st.id, type(holder).__name__, e)
         for sink in st.own_sinks:
-            try:
-                if hasattr(sink, "finish"):
-                    sink.finish(self.stats.stream_summary(st.id))
-                sink.close()
-            except Exception as e:  # noqa: BLE001 - the other streams run on
-                log.error("stream %s: closing sink %s failed: %s", st.id, type(sink).__name__, e)
+            _finish_sink(sink, self.stats.stream_summary(st.id))  # logged on failure: the other streams run on
         st.decoder = None  # its last events are out; nothing reads it again
         with self._cond:
             if st in self._active:
@@ -432,13 +439,9 @@ class StreamRunner:
                 self._retire(st, None if finished else "stopped")
         finally:
             self.summary = self.stats.summary()
-            for sink in self.sinks:
-                try:
-                    if hasattr(sink, "finish"):
-                        sink.finish(self.summary)
-                    sink.close()
-                except Exception as e:  # one failing sink must not keep the others from flushing
-                    log.error("closing sink %s failed: %s", type(sink).__name__, e)
-                    errors.append(e)
+            for sink in self.sinks:  # one failing sink must not keep the others from flushing
+                error = _finish_sink(sink, self.summary)
+                if error is not None:
+                    errors.append(error)
         if errors:
             raise errors[0]

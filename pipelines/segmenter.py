@@ -140,19 +140,24 @@ class AudioSegmenter:
             samples = samples[:, None]
         if samples.shape[1] != self.channels:
             raise ValueError(f"audio packet has {samples.shape[1]} channels, the stream has {self.channels}")
-        segments = []
         if time is not None:
-            if self._origin is None:
-                self._origin = time
-            gap = int(round((time - self._origin) * self.native_rate)) - self._received
-            if gap > self.max_gap * self.native_rate:
-                log.warning("audio packet at %.3f s comes %.1f s after the previous one's end; taken as contiguous "
-                            "(gaps up to %g s are filled with silence)", time, gap / self.native_rate, self.max_gap)
-                self._origin += gap / self.native_rate  # later packets are measured from this one on
-            elif gap > self.gap_tolerance * self.native_rate:
+            gap = self._gap(time)
+            if gap:
                 self.filled += gap
-                segments = self._push(np.zeros((gap, self.channels), np.float32))
-        return segments + self._push(samples) if segments else self._push(samples)
+                return self._push(np.zeros((gap, self.channels), np.float32)) + self._push(samples)
+        return self._push(samples)
+
+    def _gap(self, time: float) -> int:
+        """Native samples of silence to put before a packet stamped ``time`` (0: none)."""
+        if self._origin is None:
+            self._origin = time
+        gap = int(round((time - self._origin) * self.native_rate)) - self._received
+        if gap > self.max_gap * self.native_rate:
+            log.warning("audio packet at %.3f s comes %.1f s after the previous one's end; taken as contiguous "
+                        "(gaps up to %g s are filled with silence)", time, gap / self.native_rate, self.max_gap)
+            self._origin += gap / self.native_rate  # later packets are measured from this one on
+            return 0
+        return gap if gap > self.gap_tolerance * self.native_rate else 0
 
     def _push(self, samples: np.ndarray) -> list[Segment]:
         self._received += len(samples)
