@@ -1,6 +1,6 @@
 """memstream.export: ONNX export of streaming steps and the backends that run them."""
 
-from memstream.export.backend import OnnxBackend, TorchBackend, available_providers
+from memstream.export.backend import OnnxBackend, TorchBackend, available_providers, to_numpy
 from memstream.export.onnx import (
     DEFAULT_OPSET,
     FALLBACK_OPSET,
@@ -13,5 +13,5 @@ from memstream.export.onnx import (
 
 __all__ = [
     "DEFAULT_OPSET", "FALLBACK_OPSET", "ExportError", "ExportStep", "check_state_io", "export_step",
-    "read_metadata", "OnnxBackend", "TorchBackend", "available_providers",
+    "read_metadata", "OnnxBackend", "TorchBackend", "available_providers", "to_numpy",
 ]

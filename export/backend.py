@@ -36,6 +36,22 @@ def _to_host(outputs):
     return outputs
 
 
+def to_numpy(outputs):
+    """A step's outputs (a tensor or a NamedTuple of tensors, on any device) -> the same as numpy arrays.
+
+    16-bit floats are widened to float32 (numpy has no bfloat16); numpy arrays pass through, so decoders
+    may call it on outputs the runner already converted. The runner converts once per step: a torch op
+    per stream (a row index, ``.cpu()``, ``.numpy()``) costs more than the decoding itself, and each one
+    hands the GIL to the reader threads.
+    """
+    if isinstance(outputs, Tensor):
+        t = outputs.detach().cpu()
+        return (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy()
+    if isinstance(outputs, tuple) and hasattr(outputs, "_fields"):
+        return type(outputs)(*(to_numpy(o) for o in outputs))
+    return outputs
+
+
 class TorchBackend:
     """Runs a PyTorch model's ``step`` in inference mode on ``device``; outputs come back on the CPU."""
 

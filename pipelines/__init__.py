@@ -33,7 +33,7 @@ def stream(task_or_model: Any, source: Any, **options: Any) -> Iterator[Any]:
 
     Yields:
         :class:`memstream.pipelines.runner.StreamResult`: ``stream`` id, segment ``index``, ``time``, ``end``,
-        ``outputs`` (the stream's row of the model outputs), ``events`` (the decoder's, with ``stream`` and
+        ``outputs`` (the stream's row of the model outputs, numpy), ``events`` (the decoder's, with ``stream`` and
         ``time``), ``segment``. Breaking out of the loop stops the run and flushes the sinks.
     """
     from memstream.pipelines.launch import stream as _stream

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from memstream.export.backend import to_numpy
 from memstream.models import check_metadata, load_model
 from memstream.models.action import BACKGROUND, ActionConfig, ActionModel
 from memstream.pipelines.action_decoder import DecoderConfig, OnlineActionDecoder
@@ -54,8 +55,8 @@ def check_onnx_matches(backend, model: ActionModel, path) -> None:
 
 
 def split_outputs(outputs, index: int) -> dict[str, np.ndarray]:
-    """Row ``index`` of a step's outputs (NamedTuple from either backend) -> per-frame numpy arrays."""
-    return {name: getattr(outputs, name)[index].float().cpu().numpy() for name in OUTPUT_FIELDS}
+    """Row ``index`` of a step's outputs (NamedTuple of tensors or of numpy arrays) -> per-frame numpy arrays."""
+    return {name: to_numpy(getattr(outputs, name))[index] for name in OUTPUT_FIELDS}
 
 
 class _ActionStreamDecoder:

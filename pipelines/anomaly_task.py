@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from memstream.export.backend import to_numpy
 from memstream.models import check_metadata, load_model
 from memstream.models.anomaly import AnomalyConfig, AnomalyModel
 from memstream.pipelines.segmenter import Segment
@@ -174,7 +175,7 @@ class AnomalyTask:
                 torch.from_numpy(np.stack([s.valid for s in segments])))
 
     def split(self, outputs, index: int) -> dict[str, np.ndarray]:
-        return {name: getattr(outputs, name)[index].float().cpu().numpy() for name in outputs._fields}
+        return {name: to_numpy(getattr(outputs, name))[index] for name in outputs._fields}
 
     def new_decoder(self, stream_id: str) -> _AnomalyStreamDecoder:
         decoder = _AnomalyStreamDecoder(self)

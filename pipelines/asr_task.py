@@ -15,6 +15,7 @@ from typing import IO
 
 import numpy as np
 import torch
+from memstream.export.backend import to_numpy
 from memstream.models import check_metadata, load_model
 from memstream.models.asr import AsrConfig, AsrModel
 from memstream.pipelines.ctc import CtcDecoder, EndpointConfig
@@ -118,7 +119,7 @@ class AsrTask:
 
     def split(self, outputs, index: int) -> np.ndarray:
         log_probs = outputs.log_probs if hasattr(outputs, "log_probs") else outputs
-        return log_probs[index].float().cpu().numpy()
+        return to_numpy(log_probs)[index]
 
     def new_decoder(self, stream_id: str) -> _AsrDecoder:
         return _AsrDecoder(self)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from memstream.export.backend import to_numpy
 from memstream.memory import MEMORY_TYPES, MemoryCore
 from memstream.pipelines.segmenter import Segment
 from torch import Tensor
@@ -41,13 +42,13 @@ class _CoreDecoder:
         self.segments = 0
         self.end = 0.0
 
-    def update(self, outputs: Tensor, segment: Segment) -> list[dict]:
+    def update(self, outputs: np.ndarray, segment: Segment) -> list[dict]:
         n = segment.num_valid
         tokens = math.ceil(n / self.task.hop) if self.task.kind == "audio" else n
         norm = 0.0
-        if tokens:  # numpy: a few torch ops on an (T, D) tensor cost more than the arithmetic
-            mean = outputs[:tokens].cpu().numpy().mean(axis=0, dtype=np.float64)
-            norm = float(np.sqrt(mean @ mean))
+        if tokens:  # the ufunc itself: ndarray.mean's Python wrapper costs more than the arithmetic
+            mean = np.add.reduce(outputs[:tokens], axis=0, dtype=np.float64) / tokens
+            norm = math.sqrt(mean @ mean)
         if segment.times is not None and n:  # video: last frame's time + one frame
             end = float(segment.times[n - 1]) + 1.0 / segment.rate
         else:
@@ -72,7 +73,7 @@ class CoreProbeTask:
             (rows, cols) per frame.
         seed: seed of the front-end projection.
 
-    ``encode``: list of B segments -> x (B, T, D) float32, mask (B, T) bool; ``split``: (B, T, D) -> (T, D).
+    ``encode``: list of B segments -> x (B, T, D) float32, mask (B, T) bool; ``split``: (B, T, D) -> (T, D) numpy.
     """
 
     name = "core"
@@ -118,8 +119,8 @@ class CoreProbeTask:
             mask = torch.from_numpy(np.stack([s.valid for s in segments]))
         return features @ self.projection, mask
 
-    def split(self, outputs: Tensor, index: int) -> Tensor:
-        return outputs[index]
+    def split(self, outputs: np.ndarray | Tensor, index: int) -> np.ndarray:
+        return to_numpy(outputs)[index]
 
     def new_decoder(self, stream_id: str) -> _CoreDecoder:
         return _CoreDecoder(self)

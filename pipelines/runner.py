@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from memstream.export.backend import to_numpy
 from memstream.pipelines.segmenter import AudioSegmenter, Segment, VideoSegmenter
 from memstream.pipelines.sinks import RunStats
 from memstream.pipelines.streams import Source, SourceError, SourceInfo
@@ -46,8 +47,8 @@ class StreamResult:
 
     Attributes:
         stream: stream id. index: segment number in the stream. time/end: stream time span of the segment.
-        outputs: ``task.split(outputs, row)`` (for the core: (T, D) tensor). events: the decoder's events
-        (with ``stream`` and ``time``). segment: the segment itself.
+        outputs: ``task.split(outputs, row)`` of the step's outputs as numpy arrays (for the core: (T, D)).
+        events: the decoder's events (with ``stream`` and ``time``). segment: the segment itself.
     """
 
     stream: str
@@ -348,6 +349,7 @@ class StreamRunner:
             else:
                 for t, n in zip(self._state, new, strict=True):
                     t.index_copy_(0, idx, n.to(device))
+        outputs = to_numpy(outputs)  # once per step: decoders then read numpy rows, no torch op per stream
         results = []
         for i, (st, seg, _) in enumerate(batch):
             st.first = False

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -38,15 +37,14 @@ class Segment:
     rate: float
     index: int
     times: np.ndarray | None = None
+    # Read by the runner, the decoders and the sinks, several times per segment: counted once, when the
+    # segment is made (on its reader's thread); ``valid`` never changes.
+    num_valid: int = field(init=False, repr=False, compare=False)
+    duration: float = field(init=False, repr=False, compare=False)  # seconds of real samples/frames
 
-    @cached_property
-    def num_valid(self) -> int:
-        # Read by the runner, the decoders and the sinks, several times per segment; valid never changes.
-        return int(self.valid.sum())
-
-    @cached_property
-    def duration(self) -> float:
-        return self.num_valid / self.rate
+    def __post_init__(self) -> None:
+        self.num_valid = int(np.count_nonzero(self.valid))
+        self.duration = self.num_valid / self.rate
 
 
 class AudioSegmenter:

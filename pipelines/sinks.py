@@ -46,12 +46,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_STRICT = json.JSONEncoder(allow_nan=False)  # json.dumps with any option builds a new encoder per call
+
+
 def to_json(obj: Any, **kwargs) -> str:
     """Strict JSON (no NaN/Infinity) of events and summaries holding numpy or torch values."""
+    encode = json.JSONEncoder(allow_nan=False, **kwargs).encode if kwargs else _STRICT.encode
     try:
-        return json.dumps(obj, allow_nan=False, **kwargs)  # plain Python values: the fast path
+        return encode(obj)  # plain Python values: the fast path
     except (TypeError, ValueError):
-        return json.dumps(_plain(obj), allow_nan=False, **kwargs)
+        return encode(_plain(obj))
 
 
 def percentiles_ms(values: list[float]) -> dict[str, float | None]:

@@ -141,7 +141,8 @@ class Task(Protocol):
         ...
 
     def split(self, outputs: Any, index: int) -> Any:
-        """The outputs of batch row ``index`` (what that stream's decoder gets)."""
+        """The outputs of batch row ``index`` (what that stream's decoder gets). The runner passes the step's
+        outputs as numpy arrays (:func:`memstream.export.to_numpy`), converted once per step."""
         ...
 
     def new_decoder(self, stream_id: str) -> Decoder: ...

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from memstream.export.backend import to_numpy
 from memstream.models import check_metadata, load_model
 from memstream.models.track import ASSIGN_NONE, TrackConfig, TrackModel
 from memstream.pipelines.mot_data import MotSequence, rows_by_frame
@@ -57,7 +58,8 @@ def check_onnx_matches(backend, model: TrackModel, path, public: bool = False) -
 
 
 def split_outputs(outputs, index: int) -> dict[str, np.ndarray]:
-    return {name: getattr(outputs, name)[index].cpu().numpy() for name in OUTPUT_FIELDS}
+    """Row ``index`` of a step's outputs (NamedTuple of tensors or of numpy arrays) -> numpy arrays."""
+    return {name: to_numpy(getattr(outputs, name))[index] for name in OUTPUT_FIELDS}
 
 
 def public_dets(rows: np.ndarray, width: int, height: int, k: int) -> np.ndarray:

@@ -120,7 +120,7 @@ def run(task, sources, backend=None, **kw) -> tuple[dict[str, list], dict]:
 
 
 def outputs(results) -> torch.Tensor:
-    return torch.stack([r.outputs for r in results])
+    return torch.from_numpy(np.stack([r.outputs for r in results]))
 
 
 def events(results) -> list[dict]:
@@ -186,6 +186,28 @@ def test_batched_streams_equal_each_alone(audio_task):
         alone, _ = run(audio_task, [audio_source(f"s{k}", x, 1280)])
         torch.testing.assert_close(outputs(together[str(k)]), outputs(alone["0"]), atol=1e-5, rtol=1e-5)
         assert_events_close(events(together[str(k)]), events(alone["0"]))
+
+
+def test_outputs_reach_decoders_as_numpy_rows(audio_task):
+    """The runner converts a step's outputs once; every stream's row is a numpy view of that one array."""
+    xs = [audio(0.5, seed=k) for k in range(3)]
+    together, summary = run(audio_task, [audio_source(f"s{k}", x, 1280) for k, x in enumerate(xs)], batch_timeout=0.2)
+    assert summary["total"]["mean_batch"] > 1.2
+    rows = [r.outputs for rs in together.values() for r in rs]
+    assert all(isinstance(r, np.ndarray) and r.dtype == np.float32 and r.shape == (4, 32) for r in rows)
+
+
+def test_to_numpy_keeps_structure_and_widens_half_floats():
+    from collections import namedtuple
+
+    from memstream.export import to_numpy
+
+    Out = namedtuple("Out", "probs ids")
+    out = to_numpy(Out(torch.ones(2, 3, dtype=torch.bfloat16), torch.arange(2)))
+    assert isinstance(out, Out) and out.probs.dtype == np.float32 and out.ids.dtype == np.int64
+    assert np.array_equal(out.probs, np.ones((2, 3), np.float32))
+    arr = np.zeros(3, np.float16)
+    assert to_numpy(arr) is arr  # numpy passes through: a decoder may convert what the runner converted
 
 
 def test_torch_and_onnx_backends_agree(video_task, tmp_path):
