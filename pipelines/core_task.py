@@ -148,6 +148,7 @@ examples:
   memstream run core --source clip.mp4 --backend onnx --overlay runs/overlay.mp4 --out runs/clip
   memstream run core --source 0 --source rtsp://cam/2 --mode latest --view   # two live cameras, batched
   memstream run core --streams cameras.streams --max-streams 16 --out runs/cams   # one source per line
+  memstream run core --source rtsp://cam/3 --retry-open --reconnect-attempts 60    # wait for a booting camera
   arecord -f S16_LE -r 16000 -c 1 | memstream run core --source - --rate 16000 --channels 1 --format s16le
 
 Ctrl-C or SIGTERM: the step in flight finishes, every sink is flushed, the summary is written, exit 0.

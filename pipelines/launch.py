@@ -65,15 +65,22 @@ def guess_kind(spec) -> str | None:
     return "video" if path.suffix or Path(str(spec)).is_dir() else None
 
 
+def waits_at_open(source: Source) -> bool:
+    """A live source that retries its first connection: its reader thread opens it, not the caller."""
+    return bool(getattr(getattr(source, "reconnect", None), "at_open", False))
+
+
 def open_specs(specs: Iterable, kind: str, *, keep_going: bool = False, **options) -> list[Source]:
-    """Specs -> opened sources via :func:`memstream.pipelines.sources.open_source` (Source objects pass through).
+    """Specs -> opened sources via :func:`memstream.pipelines.sources.make_source` (Source objects pass through).
 
     A spec that cannot be opened raises its :class:`SourceError`, after closing the sources already opened. With
     ``keep_going`` and more than one spec it is logged and comes back as a :class:`FailedSource` instead (the
     runner records it as a stream that ended with that error), so one dead camera does not keep the others from
-    running; only when every spec fails is the first error raised.
+    running; only when every spec fails is the first error raised. A live source whose reconnect policy waits for
+    it at open (``Reconnect(at_open=True)``) comes back unopened: its reader thread opens it, so a camera that is
+    down does not hold back the start of the others.
     """
-    from memstream.pipelines.sources import open_source
+    from memstream.pipelines.sources import make_source
 
     out: list[Source] = []
     failures: list[SourceError] = []
@@ -84,7 +91,10 @@ def open_specs(specs: Iterable, kind: str, *, keep_going: bool = False, **option
                 out.append(spec)
                 continue
             try:
-                out.append(open_source(str(spec), kind, **options))
+                source = make_source(str(spec), kind, **options)
+                if not waits_at_open(source):
+                    source.open()
+                out.append(source)
             except SourceError as e:
                 if not keep_going or len(specs) == 1:
                     raise
@@ -214,6 +224,12 @@ def add_run_arguments(p) -> None:
                    help="live sources: failed reconnect attempts in a row before the stream ends (default 5; 0: never)")
     p.add_argument("--reconnect-interval", type=float, metavar="S",
                    help="live sources: seconds before the first reconnect attempt, doubling up to 10 (default 1)")
+    p.add_argument("--decoder", choices=("opencv", "pyav"),
+                   help="video files and URLs: FFmpeg through OpenCV (default) or PyAV (keeps each frame's own size); "
+                        "audio files: pyav instead of soundfile")
+    p.add_argument("--retry-open", action="store_true",
+                   help="live sources that cannot be reached at start are retried like a reconnect (the others "
+                        "start meanwhile), instead of failing at once")
     p.add_argument("--rate", type=float, help="stdin PCM or microphone: sample rate; an image folder: frame rate")
     p.add_argument("--channels", type=int, help="stdin PCM: channels")
     p.add_argument("--format", help="stdin PCM: sample format (e.g. s16le, f32le)")
@@ -232,16 +248,18 @@ def specs_from_args(args) -> list[str]:
 
 
 def reconnect_from_args(args):
-    """--reconnect-attempts / --reconnect-interval -> a Reconnect policy (None: the sources' default)."""
+    """--reconnect-attempts / --reconnect-interval / --retry-open -> a Reconnect policy (None: the sources'
+    default)."""
     from memstream.pipelines.sources import Reconnect
 
     attempts, interval = getattr(args, "reconnect_attempts", None), getattr(args, "reconnect_interval", None)
-    if attempts is None and interval is None:
+    at_open = bool(getattr(args, "retry_open", False))
+    if attempts is None and interval is None and not at_open:
         return None
     default = Reconnect()
     interval = default.interval if interval is None else interval
     return Reconnect(interval=interval, max_interval=max(default.max_interval, interval),
-                     attempts=default.attempts if attempts is None else attempts)
+                     attempts=default.attempts if attempts is None else attempts, at_open=at_open)
 
 
 class _SignalStop:
@@ -293,6 +311,8 @@ def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control:
     from memstream.pipelines.sinks import JsonlSink, OverlayVideoSink, SummarySink, TerminalSink
 
     options = {k: getattr(args, k) for k in ("mode", "rate", "channels", "format") if getattr(args, k) is not None}
+    if getattr(args, "decoder", None):
+        options["backend"] = args.decoder
     reconnect = reconnect_from_args(args)
     if reconnect is not None:
         options["reconnect"] = reconnect
@@ -300,7 +320,7 @@ def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control:
     opened = []
     try:
         for s in sources:
-            if not is_open(s) and not isinstance(s, FailedSource):
+            if not is_open(s) and not isinstance(s, FailedSource) and not waits_at_open(s):
                 s.open()
             opened.append(s)
         out = Path(args.out) if args.out else None

@@ -84,6 +84,7 @@ class _Stream:
     sinks: list = field(default_factory=list)  # the run's sinks and the stream's own
     own_sinks: list = field(default_factory=list)  # the stream's own: finished and closed when it ends
     segments_dropped: int = 0
+    opening: bool = False  # its reader is inside source.open() (which may wait for a live source)
 
 
 def _finish_sink(sink, summary: dict) -> Exception | None:
@@ -96,6 +97,17 @@ def _finish_sink(sink, summary: dict) -> Exception | None:
         log.error("closing sink %s failed: %s", type(sink).__name__, e)
         return e
     return None
+
+
+def _cancel_open(st: _Stream) -> None:
+    """A reader still opening its source (a live source waiting for its server) stops waiting, where the
+    source can be told so (``cancel()``, safe from any thread)."""
+    cancel = getattr(st.source, "cancel", None)
+    if st.opening and cancel is not None:
+        try:
+            cancel()
+        except Exception as e:  # noqa: BLE001 - the run goes on stopping
+            log.warning("stream %s: cancelling its source failed: %s", st.id, e)
 
 
 def is_open(source: Source) -> bool:
@@ -184,7 +196,8 @@ class StreamRunner:
                     return False
                 raise KeyError(f"no stream {stream_id!r} in this run")
             st.stop.set()
-            return True
+        _cancel_open(st)
+        return True
 
     def stop(self) -> None:
         """Finish the step in flight, then flush decoders and sinks (safe from signal handlers)."""
@@ -228,9 +241,18 @@ class StreamRunner:
         """Reader thread: source -> segmenter -> queue. The data a stream delivered before it ended, left
         (``remove``) or failed is flushed as a last padded segment; after ``stop()`` nothing more is queued."""
         source = st.source
-        status, error, segmenter, stopped = "ended", None, None, False
+        status, error, segmenter, stopped, info = "ended", None, None, False, None
         try:
-            info = source.info if st.opened else source.open()
+            if st.opened:
+                info = source.info
+            else:
+                st.opening = True
+                if st.stop.is_set() or self._stop.is_set():  # removed or stopped just before: remove() and
+                    _cancel_open(st)  # _finish() set their flag, then look at `opening`; one of the two sees the other
+                try:
+                    info = source.open()
+                finally:
+                    st.opening = False
             st.kind = info.kind
             st.latest = bool(getattr(info, "live", False)) and getattr(source, "mode", None) == "latest"
             if info.kind != self.task.kind:
@@ -260,8 +282,13 @@ class StreamRunner:
                     stopped = True
                     break
         except Exception as e:  # a broken source ends its own stream only
-            status, error = "error", str(e) or type(e).__name__
-            log.warning("stream %s (%s) ended with an error: %s", st.id, getattr(source, "name", "?"), error)
+            if info is None and st.stop.is_set():  # removed while its source opened (cancel() ended the wait)
+                status = "removed"
+            elif info is None and self._stop.is_set():
+                stopped = True
+            else:
+                status, error = "error", str(e) or type(e).__name__
+                log.warning("stream %s (%s) ended with an error: %s", st.id, getattr(source, "name", "?"), error)
         source_errors = getattr(getattr(source, "stats", None), "errors", None)
         if status == "ended" and source_errors:
             # The source ended early on a failure it logged itself (a decoder error, a device gone, the reconnect
@@ -432,6 +459,8 @@ class StreamRunner:
                 st.space.notify_all()
         errors = []
         try:
+            for st in leftover:
+                _cancel_open(st)
             for st in leftover:
                 if st.thread is None and st.opened:
                     st.source.close()  # never started: it waited for a slot

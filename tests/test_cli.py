@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -110,6 +111,24 @@ def test_bench_core_prints_every_figure_of_the_issue(capsys):
     assert {"eager", "emformer", "onnx", "growing_kv_early", "growing_kv_late"} <= set(report["latency"])
 
 
+def test_run_retry_open_waits_then_reports_the_cause(capsys):
+    """--retry-open: a URL nobody answers is retried per the reconnect options, then the run fails with the cause
+    (exit 2), the stream's own line naming the URL."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/live"
+    t0 = time.monotonic()
+    assert main(["run", "core", "--preset", "core-tiny", "--kind", "video", "--source", url, "--retry-open",
+                 "--reconnect-attempts", "2", "--reconnect-interval", "0.2"]) == 2
+    assert time.monotonic() - t0 >= 0.2 + 0.4  # it did wait: 0.2 s, then 0.4 s
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if url in x)
+    assert "gave up after 2 attempts to open" in line and "connection refused" in line and "Traceback" not in err
+
+
 @pytest.mark.parametrize("case", ["corrupt", "empty", "refused", "format", "fractional-rate", "mic"])
 def test_run_bad_input_is_one_line_naming_the_source_with_exit_2(case, tmp_path, capsys, monkeypatch):
     """`memstream run` on each bad input the runtime promises to report: one stderr line naming the source and
@@ -180,3 +199,19 @@ def test_run_passes_the_reconnect_policy_to_the_sources(monkeypatch, capsys):
     capsys.readouterr()
     assert main([*argv, "--reconnect-attempts", "-1"]) == 2
     assert "attempts=-1" in capsys.readouterr().err
+    seen.clear()
+    assert main([*argv, "--retry-open", "--decoder", "pyav"]) == 2
+    assert seen["reconnect"] == Reconnect(at_open=True) and seen["backend"] == "pyav"
+
+
+@pytest.mark.parametrize("decoder", ["opencv", "pyav"])
+def test_run_a_video_file_with_either_decoder(decoder, tmp_path, capsys):
+    from sources_media import write_video
+
+    path = tmp_path / "clip.mpg"
+    write_video(path, (48, 64), 20)
+    out = tmp_path / "run"
+    assert main(["run", "core", "--preset", "core-tiny", "--source", str(path), "--decoder", decoder,
+                 "--out", str(out)]) == 0
+    row = json.loads((out / "summary.json").read_text())["streams"]["0"]
+    assert row["frames_in"] == 20 and row["status"] == "ended" and row["segments"] == 3  # 8-frame segments

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -47,12 +48,12 @@ def _open_once_listening(source, within: float) -> None:
 
 
 @pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed: needed to publish the loopback live stream")
-@pytest.mark.parametrize("mode", ["latest", "all"])
-def test_loopback_stream_survives_publisher_restart(mode):
+@pytest.mark.parametrize("mode,backend", [("latest", "opencv"), ("all", "opencv"), ("all", "pyav")])
+def test_loopback_stream_survives_publisher_restart(mode, backend):
     deadline = time.monotonic() + 25.0
     publisher = Publisher(free_port()).start()
     source = UrlVideoSource(publisher.url, mode=mode, reconnect=Reconnect(0.2, 1.5, 0.8, 8), stall_timeout=2.0,
-                            open_timeout=3.0)
+                            open_timeout=3.0, backend=backend)
     try:
         _open_once_listening(source, within=10.0)
         assert source.info.live and source.info.size == (120, 160) and source.info.rate == pytest.approx(25)
@@ -186,6 +187,145 @@ def test_reconnects_within_the_attempt_limit_then_ends():
     assert source.connects == 1 + 3 + 3  # open, 2 refusals + success, then 3 failed attempts
     assert source.stats.errors[-1].startswith("gave up after 3 reconnect attempts")
     assert first.released and second.released
+
+
+def test_url_decoder_backend_is_validated_and_reaches_the_source():
+    from memstream.pipelines.sources import make_source
+
+    assert make_source("rtsp://cam/1", "video", backend="pyav").backend == "pyav"
+    assert make_source("rtsp://cam/1", "video").backend == "opencv"
+    with pytest.raises(SourceError, match="backend='gstreamer' is not one of 'opencv', 'pyav'"):
+        UrlVideoSource("rtsp://cam/1", backend="gstreamer")
+
+
+def test_a_source_down_at_start_fails_at_once_by_default():
+    source = ScriptedSource(["connection refused by 127.0.0.1:9", ScriptedCapture([0, 40, 80])], mode="all",
+                            reconnect=Reconnect(interval=0.02, attempts=3))
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="connection refused by 127.0.0.1:9"):
+        source.open()
+    assert source.connects == 1 and time.monotonic() - t0 < 0.5
+
+
+def test_retry_at_open_waits_for_a_source_that_comes_up():
+    capture = ScriptedCapture([40 * i for i in range(6)], frame_count=6)  # finite: it ends after frame 6
+    source = ScriptedSource(["refused", "refused", capture], mode="all",
+                            reconnect=Reconnect(interval=0.02, backoff=2.0, max_interval=0.05, attempts=3,
+                                                at_open=True))
+    packets = _run(source)
+    assert [int(p.data[0, 0, 0]) for p in packets] == list(range(6)) and source.connects == 3
+    assert source.stats.reconnects == 0  # waiting for the first connection is not a reconnect
+    assert capture.released
+
+
+def test_retry_at_open_gives_up_after_its_attempts():
+    source = ScriptedSource(["refused"] * 5, reconnect=Reconnect(interval=0.01, max_interval=0.02, attempts=3,
+                                                                 at_open=True))
+    with pytest.raises(SourceError, match="gave up after 3 attempts to open: refused"):
+        source.open()
+    assert source.connects == 1 + 3
+
+
+def test_cancel_ends_a_wait_at_open_from_another_thread():
+    source = ScriptedSource(["refused"] * 5, reconnect=Reconnect(interval=5.0, max_interval=5.0, attempts=3,
+                                                                 at_open=True))
+    threading.Timer(0.2, source.cancel).start()
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="cancelled while waiting for the source"):
+        source.open()
+    assert time.monotonic() - t0 < 2.0 and source.connects == 1
+
+
+def test_the_runner_starts_the_other_streams_while_one_waits_at_open():
+    """A live source that waits for its server at open is opened by its reader thread: the file stream beside
+    it runs meanwhile, the live one joins when its server answers, and one still waiting when it is removed ends
+    as removed at once."""
+    task, runner_cls, frames_cls = _core_video_runner()
+    comes_up = ScriptedCapture([40 * i for i in range(12)], frame_count=12)  # finite: it ends after frame 12
+    late = ScriptedSource(["refused", "refused", comes_up], mode="all",
+                          reconnect=Reconnect(interval=0.3, backoff=1.0, max_interval=0.3, attempts=4, at_open=True))
+    never = ScriptedSource(["refused"] * 9, reconnect=Reconnect(interval=30.0, max_interval=30.0, attempts=3,
+                                                                at_open=True))
+    runner = runner_cls(task, _backend(task), max_streams=3, batch_timeout=0.02)
+    runner.add(late, "late")
+    runner.add(never, "never")
+    runner.add(frames_cls(8), "file")
+    first_live, order = None, []
+    t0 = time.monotonic()
+    for r in runner.results():
+        order.append(r.stream)
+        if r.stream == "file" and len(order) == 1:
+            runner.remove("never")  # its reader is still waiting for the first connection (30 s)
+        if r.stream == "late" and first_live is None:
+            first_live = len(order)
+        assert time.monotonic() - t0 < 10.0
+    rows = runner.summary["streams"]
+    assert order[0] == "file" and first_live is not None and first_live > 1  # the file did not wait for it
+    assert rows["late"]["status"] == "ended" and rows["late"]["segments"] == 3 and late.connects == 3
+    assert rows["never"]["status"] == "removed" and rows["never"]["segments"] == 0
+    assert rows["file"]["status"] == "ended" and rows["file"]["segments"] == 2
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed: needed to publish the loopback live stream")
+def test_the_runner_waits_for_a_live_server_that_starts_late():
+    """A loopback server that starts a second after the run: with ``at_open`` its stream joins when it answers
+    (the file stream beside it has run meanwhile) and delivers segments until the run is stopped."""
+    task, runner_cls, frames_cls = _core_video_runner()
+    publisher = Publisher(free_port())
+    live = UrlVideoSource(publisher.url, mode="all", reconnect=Reconnect(0.3, 1.0, 0.3, 40, at_open=True),
+                          stall_timeout=2.0, open_timeout=3.0)
+    runner = runner_cls(task, _backend(task), max_streams=2, batch_timeout=0.02)
+    runner.add(live, "live")
+    runner.add(frames_cls(8), "file")
+    timer = threading.Timer(1.0, publisher.start)
+    timer.start()
+    order, deadline = [], time.monotonic() + 30.0
+    try:
+        for r in runner.results():
+            assert time.monotonic() < deadline, f"no end in sight ({live.stats})"
+            order.append(r.stream)
+            if order.count("live") >= 5:
+                runner.stop()
+    finally:
+        timer.cancel()
+        publisher.kill()
+        live.close()
+    rows = runner.summary["streams"]
+    assert order[:2] == ["file", "file"] and order.count("live") >= 5
+    assert rows["file"]["status"] == "ended" and rows["live"]["status"] == "stopped"
+    assert rows["live"]["reconnects"] == 0 and rows["live"]["error"] is None
+
+
+def _core_video_runner():
+    import torch
+    from memstream.memory import CoreConfig, MemoryCore
+    from memstream.pipelines.core_task import CoreProbeTask
+    from memstream.pipelines.runner import StreamRunner
+    from memstream.pipelines.streams import Packet, Source, SourceInfo
+
+    class Frames(Source):  # a finite video stream
+        name = "frames"
+
+        def __init__(self, n):
+            self.n = n
+
+        def open(self):
+            self.info = SourceInfo("video", 25.0)
+            return self.info
+
+        def __iter__(self):
+            for i in range(self.n):
+                yield Packet(np.full((6, 8, 3), i, np.uint8), i / 25)
+
+    torch.manual_seed(0)
+    core = MemoryCore(CoreConfig(dim=32, heads=2, layers=2, ff_mult=2, segment=4, memory_length=6)).eval()
+    return CoreProbeTask("video", core, frame_size=(6, 8), grid=(3, 4)), StreamRunner, Frames
+
+
+def _backend(task):
+    from memstream.export import TorchBackend
+
+    return TorchBackend(task.model)
 
 
 def test_a_finite_stream_ends_at_its_end_instead_of_replaying():

@@ -28,13 +28,16 @@ class Reconnect:
     After a failure the source waits ``interval`` s, then ``interval * backoff``, ... (at most
     ``max_interval``) between attempts; after ``attempts`` failed attempts in a row (no frame
     received in between) the stream ends cleanly and ``stats.errors`` says why. ``attempts=0``
-    never reconnects.
+    never reconnects. ``at_open``: the first connection is retried the same way, so a camera or server
+    that is down when the run starts is waited for; otherwise it fails at once (a mistyped URL says so
+    straight away).
     """
 
     interval: float = 1.0
     backoff: float = 2.0
     max_interval: float = 10.0
     attempts: int = 5
+    at_open: bool = False
 
     def __post_init__(self) -> None:
         if not (self.interval >= 0 and math.isfinite(self.interval)):

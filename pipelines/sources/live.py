@@ -4,9 +4,11 @@ The reader thread owns the capture: it reads, stamps, counts and hands frames to
 :class:`FrameBuffer` (``latest``: newest frame only, overwritten ones counted as dropped; ``all``:
 bounded queue, the reader waits = back-pressure). When a read fails or no new frame comes for
 ``stall_timeout`` s it reconnects per :class:`Reconnect`; past the attempt limit the stream ends
-cleanly with the cause in ``stats.errors``. A finite stream (a file or VOD playlist served over HTTP: FFmpeg
-reports its frame count) that read to its end just ends: reconnecting would replay it for ever. The consumer
-also watches the reader's heartbeat, so a capture stuck inside a native call can never block iteration forever.
+cleanly with the cause in ``stats.errors``. With ``Reconnect(at_open=True)`` the first connection is retried
+the same way; ``cancel()`` (from any thread) ends such a wait. A finite stream (a file or VOD playlist served
+over HTTP: FFmpeg reports its frame count) that read to its end just ends: reconnecting would replay it for
+ever. The consumer also watches the reader's heartbeat, so a capture stuck inside a native call can never block
+iteration forever.
 
 Times: per connection, stream time = base + (container timestamp - first timestamp), where the base
 of a new connection is the wall-clock time since the source opened (at least one frame after the
@@ -29,7 +31,7 @@ from collections.abc import Iterator
 
 import cv2
 import numpy as np
-from memstream.pipelines.sources.common import MODES, BaseSource, FrameBuffer, Reconnect, log, one_line
+from memstream.pipelines.sources.common import MODES, BaseSource, FrameBuffer, Reconnect, SkipLog, log, one_line
 from memstream.pipelines.streams import Packet, SourceError, SourceInfo
 
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "tcp", "srt", "hls+http", "hls+https")
@@ -109,14 +111,50 @@ class _LiveVideoSource(BaseSource):
         self.stall_timeout, self.open_timeout = float(stall_timeout), float(open_timeout)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._cancelled = threading.Event()  # never cleared: a cancelled source stays cancelled
         self._abandoned = False
+
+    def cancel(self) -> None:
+        """Stop waiting for the source, from any thread: an ``open`` retrying the first connection gives up at
+        once, a running reader ends as a closed one does. The runner calls it for a stream stopped or removed
+        while its source opens."""
+        self._cancelled.set()
+        self._stop.set()
 
     def _connect(self) -> cv2.VideoCapture:
         """An opened capture, else SourceError with the cause."""
         raise NotImplementedError
 
+    def _first_connection(self) -> cv2.VideoCapture:
+        """The first capture; with ``reconnect.at_open`` a failure is retried per the policy."""
+        try:
+            return self._connect()
+        except SourceError as e:
+            attempts = self.reconnect.attempts if self.reconnect.at_open else 0
+            if attempts == 0:
+                raise
+            cause = e.cause
+        log.warning("%s: %s; retrying (at most %d attempts)", self.name, cause, attempts)
+        for failures in range(attempts):
+            if self._cancelled.wait(self.reconnect.delay(failures)):
+                break
+            try:
+                cap = self._connect()
+            except SourceError as e:
+                cause = e.cause
+                log.info("%s: attempt %d/%d to open failed: %s", self.name, failures + 1, attempts, cause)
+                continue
+            log.info("%s: opened (attempt %d)", self.name, failures + 1)
+            return cap
+        if self._cancelled.is_set():
+            raise SourceError(self.name, f"cancelled while waiting for the source ({cause})")
+        raise SourceError(self.name, f"gave up after {attempts} attempts to open: {cause}")
+
     def _open(self) -> SourceInfo:
-        cap = self._connect()
+        cap = self._first_connection()
+        if self._cancelled.is_set():
+            cap.release()
+            raise SourceError(self.name, "cancelled while opening")
         frames, fps = [], cap.get(cv2.CAP_PROP_FPS)
         try:
             for _ in range(3):  # a few frames: the first one proves the stream, the deltas give the real rate
@@ -139,7 +177,8 @@ class _LiveVideoSource(BaseSource):
         self._stamper = _Stamper(fps, self.stall_timeout)
         self._length = self._frame_count(cap)
         self._frames = FrameBuffer(self.mode, self.buffer)
-        self._stop.clear()
+        if not self._cancelled.is_set():
+            self._stop.clear()
         self._failures = self._overwritten = 0
         self._abandoned = False
         self._heartbeat = time.monotonic()
@@ -312,29 +351,96 @@ def _diagnose(url: str, timeout: float) -> str:
     return "the server answers, but no video could be opened from this URL"
 
 
+class _PyAvCapture:
+    """What the live reader uses of ``cv2.VideoCapture`` (``read``, ``get``, ``release``), over PyAV.
+
+    Unlike OpenCV, every frame keeps its own size, and the timestamps are the decoder's own. A damaged packet is
+    skipped (``on_skip`` is told); a timeout or a dropped connection ends the reads, so the source reconnects.
+    """
+
+    def __init__(self, url: str, options: dict[str, str], open_timeout: float, read_timeout: float,
+                 on_skip) -> None:
+        import av
+
+        self._av = av
+        self.container = av.open(url, options=options, timeout=(open_timeout, read_timeout))
+        if not self.container.streams.video:
+            self.container.close()
+            raise SourceError(redact(url), "no video track in the stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        self.on_skip = on_skip
+        self._frames = self._decode()
+        self._ms = math.nan
+
+    def _decode(self):
+        for packet in self.container.demux(self.stream):
+            try:
+                frames = packet.decode()
+            except self._av.error.InvalidDataError as e:
+                self.on_skip(f"skipped an undecodable packet at {packet.pts}: {one_line(e)}")
+                continue
+            yield from frames
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        try:
+            frame = next(self._frames)
+        except (StopIteration, self._av.FFmpegError, OSError):  # the end, a timeout, a dropped connection
+            return False, None
+        self._ms = 1000.0 * frame.time if frame.time is not None else math.nan
+        return True, frame.to_ndarray(format="bgr24")
+
+    def get(self, prop: int) -> float:
+        if prop == cv2.CAP_PROP_POS_MSEC:
+            return self._ms
+        if prop == cv2.CAP_PROP_FPS:
+            rate = self.stream.average_rate or self.stream.guessed_rate
+            return float(rate) if rate else 0.0
+        if prop == cv2.CAP_PROP_FRAME_COUNT:  # 0 for a live stream: no known length
+            return float(self.stream.frames or 0)
+        return 0.0
+
+    def release(self) -> None:
+        self.container.close()
+
+
 class UrlVideoSource(_LiveVideoSource):
-    """A network video stream (rtsp, rtmp, http(s) incl. HLS playlists, udp, rtp, tcp, srt) via OpenCV's FFmpeg.
+    """A network video stream (rtsp, rtmp, http(s) incl. HLS playlists, udp, rtp, tcp, srt) via FFmpeg: OpenCV's
+    (default) or PyAV's.
 
     Opening gives up after ``open_timeout`` s and a read after ``stall_timeout`` s (OpenCV's
-    ``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC``), so a dead server never blocks.
+    ``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC``, PyAV's ``timeout``), so a dead server
+    never blocks.
 
     Args:
         url: the stream's URL (a password in it is never logged).
         ffmpeg_options: FFmpeg demuxer/protocol options, e.g. ``{"rtsp_transport": "tcp"}``
-            (passed through ``OPENCV_FFMPEG_CAPTURE_OPTIONS``).
+            (OpenCV: through ``OPENCV_FFMPEG_CAPTURE_OPTIONS``; PyAV: ``av.open(options=)``).
+        backend: ``"opencv"`` or ``"pyav"`` (keeps each frame's own size, as a video file's PyAV backend does).
         mode, buffer, reconnect, stall_timeout, open_timeout: see the module docstring.
     Packets: (H, W, 3) uint8 RGB frames.
     """
 
-    def __init__(self, url: str, ffmpeg_options: dict[str, str] | None = None, **options) -> None:
+    def __init__(self, url: str, ffmpeg_options: dict[str, str] | None = None, backend: str = "opencv",
+                 **options) -> None:
         super().__init__(redact(url), **options)
         scheme = urllib.parse.urlsplit(url).scheme.lower()
         if scheme not in URL_SCHEMES:
             raise SourceError(self.name, f"unsupported URL scheme {scheme!r} (supported: {', '.join(URL_SCHEMES)})")
+        if backend not in ("opencv", "pyav"):
+            raise SourceError(self.name, f"backend={backend!r} is not one of 'opencv', 'pyav'")
         self.url = url
         self.ffmpeg_options = dict(ffmpeg_options or {})
+        self.backend = backend
+        self._skips = SkipLog(self.name)
+
+    def _skipped(self, message: str) -> None:
+        self.stats.skipped += 1
+        self._skips(message)
 
     def _connect(self) -> cv2.VideoCapture:
+        if self.backend == "pyav":
+            return self._connect_pyav()
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.stall_timeout * 1000)]
         with _ENV_LOCK:
@@ -353,3 +459,14 @@ class UrlVideoSource(_LiveVideoSource):
             cap.release()
             raise SourceError(self.name, _diagnose(self.url, self.open_timeout))
         return cap
+
+    def _connect_pyav(self) -> _PyAvCapture:
+        import av
+
+        try:
+            return _PyAvCapture(self.url, {k: str(v) for k, v in self.ffmpeg_options.items()}, self.open_timeout,
+                                self.stall_timeout, self._skipped)
+        except (ConnectionError, TimeoutError) as e:  # PyAV's own subclasses them: the socket says more
+            raise SourceError(self.name, _diagnose(self.url, self.open_timeout)) from e
+        except (av.FFmpegError, OSError) as e:
+            raise SourceError(self.name, f"cannot open the stream: {one_line(e)}") from e
