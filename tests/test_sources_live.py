@@ -431,6 +431,30 @@ def test_microphone_absent_device(monkeypatch):
     assert str(err.value) == "microphone USB headset: no usable input device: No input device matching 'USB headset'"
 
 
+def test_microphone_plugged_in_late_with_retry_at_open(monkeypatch):
+    fake = fake_sounddevice(blocks=5, nan_block=None)
+    check, calls = fake.check_input_settings, []
+
+    def comes_up_on_the_third_try(**kwargs):
+        calls.append(kwargs)
+        if len(calls) < 3:
+            raise ValueError("No input device matching 'USB headset'")
+        return check(**{**kwargs, "device": None})
+
+    fake.check_input_settings = comes_up_on_the_third_try
+    monkeypatch.setitem(sys.modules, "sounddevice", fake)
+    late = Reconnect(interval=0.02, max_interval=0.05, attempts=3, at_open=True)
+    source = MicrophoneSource(device="USB headset", rate=8000, block_seconds=0.01, stall_timeout=0.2,
+                              reconnect=late)
+    source.open()
+    assert len(calls) == 3 and source.info.live
+    source.close()
+    calls.clear()
+    with pytest.raises(SourceError, match="No input device matching"):  # without at_open: at once
+        MicrophoneSource(device="USB headset", reconnect=Reconnect(attempts=3)).open()
+    assert len(calls) == 1
+
+
 def test_timeouts_and_ffmpeg_options_reach_opencv(monkeypatch):
     import cv2
     from memstream.pipelines.sources import live

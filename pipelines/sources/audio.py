@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from memstream.pipelines.sources.common import BaseSource, NonFinite, Reconnect, SkipLog, check_file, log, one_line
+from memstream.pipelines.sources.common import (
+    BaseSource,
+    NonFinite,
+    Reconnect,
+    SkipLog,
+    check_file,
+    first_connection,
+    log,
+    one_line,
+)
 from memstream.pipelines.streams import Packet, SourceError, SourceInfo
 
 SOUNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au", ".snd",
@@ -248,7 +257,8 @@ class MicrophoneSource(BaseSource):
         rate, channels: capture settings (native; the segmenter converts).
         block_seconds: callback/packet length.
         queue_seconds: audio kept while the consumer is busy; older blocks are dropped (counted).
-        reconnect: policy when no audio arrives for ``stall_timeout`` s.
+        reconnect: policy when no audio arrives for ``stall_timeout`` s (with ``at_open``, also for a device
+            that cannot be opened at start).
     Packets: (n, C) float32; time counts dropped samples too, so it stays wall-true.
     """
 
@@ -271,6 +281,11 @@ class MicrophoneSource(BaseSource):
         self._lost = 0
         self._lock = threading.Lock()
         self._finite = NonFinite(self.name, self.stats)
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop waiting for the device (``reconnect.at_open``), from any thread."""
+        self._cancelled.set()
 
     def _sounddevice(self):
         try:
@@ -295,7 +310,7 @@ class MicrophoneSource(BaseSource):
             raise SourceError(self.name, f"no usable input device: {one_line(e)}") from e
 
     def _open(self) -> SourceInfo:
-        self._start()
+        first_connection(self.name, self.reconnect, self._start, self._cancelled)  # a device plugged in late
         return SourceInfo("audio", float(self.rate), channels=self.channels, live=True)
 
     def _callback(self, indata, frames, time_info, status) -> None:

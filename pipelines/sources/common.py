@@ -8,10 +8,10 @@ import collections
 import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from memstream.pipelines.streams import Packet, Source, SourceError, SourceInfo, SourceStats
@@ -19,6 +19,7 @@ from memstream.pipelines.streams import Packet, Source, SourceError, SourceInfo,
 log = logging.getLogger("memstream.pipelines.sources")
 
 MODES = ("latest", "all")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,31 @@ class Reconnect:
     def total(self) -> float:
         """Longest time spent waiting before giving up."""
         return sum(self.delay(k) for k in range(self.attempts))
+
+
+def first_connection(name: str, policy: Reconnect, connect: Callable[[], T], cancelled: threading.Event) -> T:
+    """``connect()`` for a live source's first connection. A :class:`SourceError` is raised at once, or with
+    ``policy.at_open`` retried per the policy; ``cancelled`` (set from any thread) ends the wait."""
+    try:
+        return connect()
+    except SourceError as e:
+        attempts = policy.attempts if policy.at_open else 0
+        if attempts == 0:
+            raise
+        cause = e.cause
+    log.warning("%s: %s; retrying (at most %d attempts)", name, cause, attempts)
+    for failures in range(attempts):
+        if cancelled.wait(policy.delay(failures)):
+            raise SourceError(name, f"cancelled while waiting for the source ({cause})")
+        try:
+            connection = connect()
+        except SourceError as e:
+            cause = e.cause
+            log.info("%s: attempt %d/%d to open failed: %s", name, failures + 1, attempts, cause)
+            continue
+        log.info("%s: opened (attempt %d)", name, failures + 1)
+        return connection
+    raise SourceError(name, f"gave up after {attempts} attempts to open: {cause}")
 
 
 class BaseSource(Source):

@@ -31,7 +31,16 @@ from collections.abc import Iterator
 
 import cv2
 import numpy as np
-from memstream.pipelines.sources.common import MODES, BaseSource, FrameBuffer, Reconnect, SkipLog, log, one_line
+from memstream.pipelines.sources.common import (
+    MODES,
+    BaseSource,
+    FrameBuffer,
+    Reconnect,
+    SkipLog,
+    first_connection,
+    log,
+    one_line,
+)
 from memstream.pipelines.streams import Packet, SourceError, SourceInfo
 
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "tcp", "srt", "hls+http", "hls+https")
@@ -125,33 +134,8 @@ class _LiveVideoSource(BaseSource):
         """An opened capture, else SourceError with the cause."""
         raise NotImplementedError
 
-    def _first_connection(self) -> cv2.VideoCapture:
-        """The first capture; with ``reconnect.at_open`` a failure is retried per the policy."""
-        try:
-            return self._connect()
-        except SourceError as e:
-            attempts = self.reconnect.attempts if self.reconnect.at_open else 0
-            if attempts == 0:
-                raise
-            cause = e.cause
-        log.warning("%s: %s; retrying (at most %d attempts)", self.name, cause, attempts)
-        for failures in range(attempts):
-            if self._cancelled.wait(self.reconnect.delay(failures)):
-                break
-            try:
-                cap = self._connect()
-            except SourceError as e:
-                cause = e.cause
-                log.info("%s: attempt %d/%d to open failed: %s", self.name, failures + 1, attempts, cause)
-                continue
-            log.info("%s: opened (attempt %d)", self.name, failures + 1)
-            return cap
-        if self._cancelled.is_set():
-            raise SourceError(self.name, f"cancelled while waiting for the source ({cause})")
-        raise SourceError(self.name, f"gave up after {attempts} attempts to open: {cause}")
-
     def _open(self) -> SourceInfo:
-        cap = self._first_connection()
+        cap = first_connection(self.name, self.reconnect, self._connect, self._cancelled)
         if self._cancelled.is_set():
             cap.release()
             raise SourceError(self.name, "cancelled while opening")
