@@ -246,9 +246,11 @@ class StreamRunner:
             if st.opened:
                 info = source.info
             else:
+                # remove() and _finish() set their flag, then look at `opening`; this thread does the reverse, so
+                # one of the two sees the other and a wait at open is always cancelled.
                 st.opening = True
-                if st.stop.is_set() or self._stop.is_set():  # removed or stopped just before: remove() and
-                    _cancel_open(st)  # _finish() set their flag, then look at `opening`; one of the two sees the other
+                if st.stop.is_set() or self._stop.is_set():
+                    _cancel_open(st)
                 try:
                     info = source.open()
                 finally:
