@@ -243,7 +243,7 @@ def test_the_runner_starts_the_other_streams_while_one_waits_at_open():
     task, runner_cls, frames_cls = _core_video_runner()
     comes_up = ScriptedCapture([40 * i for i in range(12)], frame_count=12)  # finite: it ends after frame 12
     late = ScriptedSource(["refused", "refused", comes_up], mode="all",
-                          reconnect=Reconnect(interval=0.3, backoff=1.0, max_interval=0.3, attempts=4, at_open=True))
+                          reconnect=Reconnect(interval=0.5, backoff=1.0, max_interval=0.5, attempts=4, at_open=True))
     never = ScriptedSource(["refused"] * 9, reconnect=Reconnect(interval=30.0, max_interval=30.0, attempts=3,
                                                                 at_open=True))
     runner = runner_cls(task, _backend(task), max_streams=3, batch_timeout=0.02)
