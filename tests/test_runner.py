@@ -189,7 +189,7 @@ def test_batched_streams_equal_each_alone(audio_task):
 
 
 def test_outputs_reach_decoders_as_numpy_rows(audio_task):
-    """The runner converts a step's outputs once; every stream's row is a numpy view of that one array."""
+    """The runner converts a step's outputs to numpy once: every stream's row reaches the caller as numpy."""
     xs = [audio(0.5, seed=k) for k in range(3)]
     together, summary = run(audio_task, [audio_source(f"s{k}", x, 1280) for k, x in enumerate(xs)], batch_timeout=0.2)
     assert summary["total"]["mean_batch"] > 1.2
