@@ -29,7 +29,9 @@ def stream(task_or_model: Any, source: Any, **options: Any) -> Iterator[Any]:
             ``.streams`` file (one spec per line, ``#`` comments) or a list of any of these.
         **options: ``backend`` (a TorchBackend/OnnxBackend; default TorchBackend of ``task.model``),
             ``kind`` (``audio``/``video``, default guessed), ``device``, ``sinks``, ``max_streams``,
-            ``batch_timeout``, ``max_batch``; anything else goes to ``open_source`` (``mode``, ``rate``...).
+            ``batch_timeout``, ``max_batch``, ``decoder`` (``opencv``/``pyav`` for video files and URLs, ``pyav``
+            for audio files); anything else goes to the sources (``mode``, ``rate``, ``reconnect``...; see
+            :func:`memstream.pipelines.sources.make_source`).
 
     Yields:
         :class:`memstream.pipelines.runner.StreamResult`: ``stream`` id, segment ``index``, ``time``, ``end``,

@@ -134,8 +134,10 @@ def as_task(task_or_model, kind: str | None):
 
 def stream(task_or_model, source, *, backend=None, kind: str | None = None, device: str = "cpu",
            sinks: Sequence = (), max_streams: int | None = None, batch_timeout: float = 0.02,
-           max_batch: int | None = None, **source_options) -> Iterator[StreamResult]:
+           max_batch: int | None = None, decoder: str | None = None, **source_options) -> Iterator[StreamResult]:
     """``for result in stream(model, "clip.wav"): ...``; see :func:`memstream.pipelines.stream`."""
+    if decoder is not None:  # the sources call it `backend`, which here names the model's backend
+        source_options["backend"] = decoder
     specs = expand_specs(source)
     if not specs:
         raise ValueError("stream(): no source given")
