@@ -318,13 +318,9 @@ def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control:
     reconnect = reconnect_from_args(args)
     if reconnect is not None:
         options["reconnect"] = reconnect
+    # Opened here, except those the runner's readers open (a FailedSource, a live source that waits at open).
     sources = open_specs(specs, task.kind, keep_going=True, **options)
-    opened = []
     try:
-        for s in sources:
-            if not is_open(s) and not isinstance(s, FailedSource) and not waits_at_open(s):
-                s.open()
-            opened.append(s)
         out = Path(args.out) if args.out else None
         if args.backend == "onnx":
             if args.onnx:
@@ -337,7 +333,7 @@ def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control:
         else:
             backend = default_backend(task, args.device)
     except BaseException:
-        for s in opened:
+        for s in sources:
             s.close()
         raise
     sinks: list = []

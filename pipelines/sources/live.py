@@ -41,7 +41,8 @@ from memstream.pipelines.sources.common import (
     log,
     one_line,
 )
-from memstream.pipelines.streams import Packet, SourceError, SourceInfo
+from memstream.pipelines.sources.video import pyav_frames
+from memstream.pipelines.streams import Packet, SourceError, SourceInfo, SourceStats
 
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "tcp", "srt", "hls+http", "hls+https")
 _ENV_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide
@@ -339,11 +340,12 @@ class _PyAvCapture:
     """What the live reader uses of ``cv2.VideoCapture`` (``read``, ``get``, ``release``), over PyAV.
 
     Unlike OpenCV, every frame keeps its own size, and the timestamps are the decoder's own. A damaged packet is
-    skipped (``on_skip`` is told); a timeout or a dropped connection ends the reads, so the source reconnects.
+    a counted, logged skip (:func:`pyav_frames`, as for files); a timeout or a dropped connection ends the reads,
+    so the source reconnects.
     """
 
     def __init__(self, url: str, options: dict[str, str], open_timeout: float, read_timeout: float,
-                 on_skip) -> None:
+                 stats: SourceStats, skips: SkipLog) -> None:
         import av
 
         self._av = av
@@ -353,18 +355,8 @@ class _PyAvCapture:
             raise SourceError(redact(url), "no video track in the stream")
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
-        self.on_skip = on_skip
-        self._frames = self._decode()
+        self._frames = pyav_frames(self.container, self.stream, stats, skips)
         self._ms = math.nan
-
-    def _decode(self):
-        for packet in self.container.demux(self.stream):
-            try:
-                frames = packet.decode()
-            except self._av.error.InvalidDataError as e:
-                self.on_skip(f"skipped an undecodable packet at {packet.pts}: {one_line(e)}")
-                continue
-            yield from frames
 
     def read(self) -> tuple[bool, np.ndarray | None]:
         try:
@@ -416,11 +408,7 @@ class UrlVideoSource(_LiveVideoSource):
         self.url = url
         self.ffmpeg_options = dict(ffmpeg_options or {})
         self.backend = backend
-        self._skips = SkipLog(self.name)
-
-    def _skipped(self, message: str) -> None:
-        self.stats.skipped += 1
-        self._skips(message)
+        self._skips = SkipLog(self.name)  # one log budget for the source, across reconnects
 
     def _connect(self) -> cv2.VideoCapture:
         if self.backend == "pyav":
@@ -449,7 +437,7 @@ class UrlVideoSource(_LiveVideoSource):
 
         try:
             return _PyAvCapture(self.url, {k: str(v) for k, v in self.ffmpeg_options.items()}, self.open_timeout,
-                                self.stall_timeout, self._skipped)
+                                self.stall_timeout, self.stats, self._skips)
         except (ConnectionError, TimeoutError) as e:  # PyAV's own subclasses them: the socket says more
             raise SourceError(self.name, _diagnose(self.url, self.open_timeout)) from e
         except (av.FFmpegError, OSError) as e:

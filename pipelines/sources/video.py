@@ -17,10 +17,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 from memstream.pipelines.sources.common import BaseSource, SkipLog, check_file, log, one_line
-from memstream.pipelines.streams import Packet, SourceError, SourceInfo
+from memstream.pipelines.streams import Packet, SourceError, SourceInfo, SourceStats
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
 DEFAULT_FPS = 30.0
+
+
+def pyav_frames(container, stream, stats: SourceStats, skips: SkipLog) -> Iterator:
+    """The decoded frames (``av.VideoFrame``) of a PyAV video ``stream``, packet by packet. A damaged packet is
+    skipped, counted in ``stats.skipped`` and logged; the stream goes on (files and live URLs alike)."""
+    import av
+
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as e:
+            stats.skipped += 1
+            skips(f"skipped an undecodable packet at {packet.pts}: {one_line(e)}")
+            continue
+        yield from frames
 
 
 def _valid_fps(fps: float | None, name: str) -> float:
@@ -123,19 +138,9 @@ class VideoFileSource(BaseSource):
         return fps, int(stream.frames or 0), duration
 
     def _read_pyav(self, stream) -> Iterator[tuple[np.ndarray, float | None]]:
-        import av
-
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        skips = SkipLog(self.name)
-        for packet in self._container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.FFmpegError as e:  # a damaged packet: skip it, the stream goes on
-                self.stats.skipped += 1
-                skips(f"skipped an undecodable packet at {packet.pts}: {one_line(e)}")
-                continue
-            for frame in frames:
-                yield frame.to_ndarray(format="rgb24"), (frame.time - start if frame.time is not None else None)
+        for frame in pyav_frames(self._container, stream, self.stats, SkipLog(self.name)):
+            yield frame.to_ndarray(format="rgb24"), (frame.time - start if frame.time is not None else None)
 
     def _packets(self) -> Iterator[Packet]:
         timeline = _Timeline(self.info.rate)
