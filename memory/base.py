@@ -21,15 +21,18 @@ class StepContext:
         pos: (B, T) int64 stream positions of the segment's tokens.
         cos, sin: (B, 1, N, Dh/2) rotary tables for the N tokens the blocks run over.
         seg_mask: (B, N, N) bool attention among those tokens.
-        own_state: the state's tensors were made by this step (``reset`` was given: every field is the
+        own_state: the state's tensors were made by this step (a ``reset`` was applied: every field is the
             reset's new tensor) and autograd is off, so ``write`` may update them in place instead of copying
             them; never the caller's tensors, which the step must not change.
+        eager_inference: autograd is off and no torch.compile or export traces the step, so a memory may take
+            eager-only shortcuts (e.g. write into buffers the step allocated) with the same results.
     """
 
     mask: Tensor
     n: Tensor
     pos: Tensor
     own_state: bool = False
+    eager_inference: bool = False
     cos: Tensor | None = None
     sin: Tensor | None = None
     seg_mask: Tensor | None = None
@@ -70,6 +73,20 @@ class MemoryType(nn.Module):
         layers with the same memory length.
         """
         return None
+
+    def context(self, layer: int, block: Block, k_rot: Tensor, v: Tensor, state: NamedTuple,
+                ctx: StepContext) -> tuple[Tensor, Tensor, Tensor | None]:
+        """What ``layer`` attends over: keys and values token-major, ``[memory ; the N tokens]``, (B, M + N, H, Dh)
+        each, and the memory's valid (B, M) bool (None: no memory). ``k_rot``/``v``: (B, N, H, Dh) of the tokens.
+
+        The default concatenates :meth:`read` with the tokens' own; a memory that keeps its entries in that form
+        may hand out buffers instead.
+        """
+        memory = self.read(layer, block, state, ctx)
+        if memory is None:
+            return k_rot, v, None
+        mk, mv, mvalid = memory
+        return torch.cat((mk.transpose(1, 2), k_rot), dim=1), torch.cat((mv.transpose(1, 2), v), dim=1), mvalid
 
     def after_attention(self, layer: int, q: Tensor, k: Tensor, k_rot: Tensor, v: Tensor, attn: Tensor,
                         state: NamedTuple, ctx: StepContext) -> Tensor:

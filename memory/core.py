@@ -14,7 +14,16 @@ import torch
 from memstream.memory.base import MemoryType, StepContext
 from memstream.memory.config import CoreConfig
 from memstream.memory.knn import KnnMemory
-from memstream.memory.layers import Block, Rotary, additive, attention_mask, rotate, segment_mask, within_segments
+from memstream.memory.layers import (
+    Block,
+    Rotary,
+    additive,
+    attention_mask,
+    rotate_full,
+    rotation_tables,
+    segment_mask,
+    within_segments,
+)
 from memstream.memory.ntm import NtmMemory
 from memstream.memory.queue import QueueMemory
 from memstream.memory.slots import SlotsMemory
@@ -109,30 +118,28 @@ class MemoryCore(nn.Module):
         b, t, _ = x.shape
         if mask is None:
             mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
-        if reset is not None:
+        # Eager inference (autograd off, not traced by torch.compile or an export) may take shortcuts a graph
+        # cannot: skip the reset when no stream resets (a CPU tensor: no device sync), write into buffers.
+        eager = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        cleared = reset is not None and not (eager and reset.device.type == "cpu" and not bool(reset.any()))
+        if cleared:
             state = reset_state(state, reset)
         pos = state.step.unsqueeze(1) * t + torch.arange(t, device=x.device)
         # The reset made every state tensor anew; with autograd off nothing else holds them (autograd may save
         # them for backward), so the memory may write into them in place.
-        own = reset is not None and not torch.is_grad_enabled()
-        ctx = StepContext(mask=mask, n=mask.sum(1), pos=pos, own_state=own)
+        own = cleared and not torch.is_grad_enabled()
+        ctx = StepContext(mask=mask, n=mask.sum(1), pos=pos, own_state=own, eager_inference=eager)
         h = self.memory.begin(x, state, ctx, self.rotary)
         # The blocks run token-major, (B, N, H, Dh): the projection's own layout, the one SDPA's CPU kernel
         # reads and writes, and the queue's slot-major rows, so no layer copies a transposed tensor.
-        cos, sin = (c.transpose(1, 2).unsqueeze(2) for c in (ctx.cos, ctx.sin))  # (B, N, 1, 1, Dh/2)
+        cos, sin = rotation_tables(*(c.transpose(1, 2).unsqueeze(2) for c in (ctx.cos, ctx.sin)))  # (B,N,1,1,Dh)
         masks: dict[int, Tensor] = {}  # attention masks by memory length, shared by the layers
         for layer, block in enumerate(self.blocks):
             qkv = block.qkv_tokens(h)  # (B, N, 3, H, Dh)
-            q_rot, k_rot = rotate(qkv[:, :, :2], cos, sin).unbind(2)  # q and k rotated in one go
+            q_rot, k_rot = rotate_full(qkv[:, :, :2], cos, sin).unbind(2)  # q and k rotated in one go
             q, k, v = qkv.unbind(2)
-            memory = self.memory.read(layer, block, state, ctx)
-            if memory is None:
-                keys, values, length, mvalid = k_rot, v, 0, None
-            else:
-                mk, mv, mvalid = memory
-                keys = torch.cat((mk.transpose(1, 2), k_rot), dim=1)
-                values = torch.cat((mv.transpose(1, 2), v), dim=1)
-                length = mk.shape[2]
+            keys, values, mvalid = self.memory.context(layer, block, k_rot, v, state, ctx)
+            length = keys.shape[1] - k_rot.shape[1]
             if length not in masks:
                 masks[length] = additive(attention_mask(mvalid, ctx.seg_mask), h.dtype)
             attn = block.attend(q_rot.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), masks[length])

@@ -55,6 +55,18 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def rotation_tables(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """Half-width cos/sin (..., Dh/2) -> the full-width tables of :func:`rotate_full`: [cos, cos], [-sin, sin]."""
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
+
+def rotate_full(x: Tensor, cos_full: Tensor, sin_signed: Tensor) -> Tensor:
+    """:func:`rotate` with the tables of :func:`rotation_tables`, made once per step: 5 ops instead of 8 for
+    each call, and bit-identical (x1*cos + x2*(-sin) rounds exactly as x1*cos - x2*sin)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos_full + torch.cat((x2, x1), dim=-1) * sin_signed
+
+
 def segment_mask(valid: Tensor, causal: bool) -> Tensor:
     """Which segment keys each segment query sees.
 

@@ -275,3 +275,36 @@ def test_core_state_spec_matches_init_state(variant, make_core):
     assert all(t.shape[0] == 5 for t in state)  # batch first on every tensor
     assert all(not t.any() for t in state)      # the all-zero state is the empty memory
     assert isinstance(core.cfg, CoreConfig)
+
+
+# -- eager inference shortcuts ---------------------------------------------------------------------------
+def test_eager_inference_shortcuts_equal_the_graph_path(variant, make_core, stream):
+    """Without autograd the eager step skips a reset nobody asked for and writes into its own buffers; with
+    autograd on (what training, torch.compile and the export trace) it does neither. Same outputs and states,
+    and the caller's state is never written to."""
+    core = make_core(variant)
+    t, n = core.cfg.segment, 8
+    x = stream(B, n, t, core.cfg.dim, seed=6)
+    mask = _padded_mask(B, n, t)
+    resets = [torch.zeros(B, dtype=torch.bool) for _ in range(n)]
+    resets[0][:] = True
+    resets[5][1] = True
+    resets[3] = None  # no reset argument at all
+    s_fast = s_graph = core.init_state(B)
+    for i in range(n):
+        seg, m = x[:, i * t:(i + 1) * t], mask[:, i * t:(i + 1) * t]
+        before = [f.clone() for f in s_fast]
+        with torch.no_grad():
+            y_fast, s_next = core.step(seg, s_fast, resets[i], m)
+        for f, a, b in zip(s_fast._fields, s_fast, before, strict=True):
+            assert torch.equal(a, b), f"the step wrote into the caller's state.{f} at step {i}"
+        s_fast = s_next
+        with torch.enable_grad():
+            y_graph, s_graph = core.step(seg, s_graph, resets[i], m)
+        s_graph = type(s_graph)(*(f.detach() for f in s_graph))
+        _assert_valid_close(y_fast, y_graph.detach(), m, 1e-6)
+        for f, a, b in zip(s_fast._fields, s_fast, s_graph, strict=True):
+            if a.is_floating_point():
+                torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=f"state.{f} at step {i}")
+            else:
+                assert torch.equal(a, b), f"state.{f} at step {i}"
