@@ -38,12 +38,13 @@ class Segment:
     index: int
     times: np.ndarray | None = None
     # Read by the runner, the decoders and the sinks, several times per segment: counted once, when the
-    # segment is made (on its reader's thread); ``valid`` never changes.
-    num_valid: int = field(init=False, repr=False, compare=False)
+    # segment is made (on its reader's thread), unless its maker knows it; ``valid`` never changes.
+    num_valid: int | None = field(default=None, repr=False, compare=False)
     duration: float = field(init=False, repr=False, compare=False)  # seconds of real samples/frames
 
     def __post_init__(self) -> None:
-        self.num_valid = int(np.count_nonzero(self.valid))
+        if self.num_valid is None:
+            self.num_valid = int(np.count_nonzero(self.valid))
         self.duration = self.num_valid / self.rate
 
 
@@ -103,28 +104,40 @@ class AudioSegmenter:
             self._out_len += len(samples)
 
     def _take(self, final: bool) -> list[Segment]:
-        # Few numpy calls per segment: each may hand the GIL to another thread (the model loop, other readers).
+        # Few numpy calls per segment: each one on more than a few hundred elements hands the GIL to another thread
+        # (the model loop, other readers), and getting it back costs both threads their caches.
         segments = []
         t = self.segment_samples
         while self._out_len >= t or (final and self._out_len > 0):
             n = min(t, self._out_len)
-            data = np.empty(t, dtype=np.float32)  # a copy: a source may reuse its packet buffers
-            filled = 0
-            while filled < n:
-                head = self._out[0]
-                k = min(len(head), n - filled)
-                data[filled:filled + k] = head[:k]
-                filled += k
-                if k == len(head):
+            head = self._out[0]
+            if len(head) >= t:
+                # A whole segment inside one piece: a view, no copy. Every piece is this segmenter's own array
+                # (a copy of the packet, or made by the down-mix and the resampler), never a source's buffer.
+                data = head[:t]
+                if len(head) == t:
                     self._out.popleft()
                 else:
-                    self._out[0] = head[k:]
+                    self._out[0] = head[t:]
+            else:
+                data = np.empty(t, dtype=np.float32)
+                filled = 0
+                while filled < n:
+                    head = self._out[0]
+                    k = min(len(head), n - filled)
+                    data[filled:filled + k] = head[:k]
+                    filled += k
+                    if k == len(head):
+                        self._out.popleft()
+                    else:
+                        self._out[0] = head[k:]
             if n < t:
                 data[n:] = 0.0
                 valid = np.arange(t) < n
             else:
                 valid = self._all_valid
-            segments.append(Segment(data, valid, self._emitted / self.rate, float(self.rate), self._index))
+            segments.append(Segment(data, valid, self._emitted / self.rate, float(self.rate), self._index,
+                                    num_valid=n))
             self._out_len -= n
             self._index += 1
             self._emitted += n
@@ -234,7 +247,7 @@ class VideoSegmenter:
         data[:n] = np.stack(self._frames)
         times = np.full(t, np.nan)
         times[:n] = self._times
-        seg = Segment(data, np.arange(t) < n, self._times[0], self.rate, self._index, times)
+        seg = Segment(data, np.arange(t) < n, self._times[0], self.rate, self._index, times, num_valid=n)
         self._frames, self._times = [], []
         self._index += 1
         return seg

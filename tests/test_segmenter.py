@@ -67,7 +67,7 @@ def test_audio_at_the_model_rate_is_cut_straight_and_copied():
     """Mono at the model's rate skips re-chunking: segments are the samples themselves, for any packet size, and
     a source that reuses one packet buffer (a microphone callback's) does not change segments already cut."""
     samples = np.random.default_rng(2).uniform(-1, 1, 3 * 1280 + 100).astype(np.float32)
-    for packet in (160, 16000, 7):
+    for packet in (160, 16000, 7, 1280):  # 16000 and 1280: whole segments inside one packet, cut without a copy
         seg = AudioSegmenter(1280, 16000, 16000)
         buffer = np.empty((packet, 1), np.float32)  # one buffer for every packet
         out = []
@@ -81,6 +81,7 @@ def test_audio_at_the_model_rate_is_cut_straight_and_copied():
         assert np.array_equal(np.concatenate([s.data[:s.num_valid] for s in out]), samples)
         assert out[-1].num_valid == 100 and not out[-1].data[100:].any() and not out[-1].valid[100:].any()
         assert all(s.valid.all() for s in out[:-1])
+        assert all(s.num_valid == np.count_nonzero(s.valid) for s in out)
 
 
 @pytest.mark.parametrize("native, channels", [(16000, 1), (44100, 2)], ids=["direct", "resampled"])
