@@ -1,7 +1,7 @@
 """Throughput of the runtime with N streams batched into one step vs the same streams stepped one at a time.
 
     python benchmarks/runtime_streams.py [--preset core-tiny] [--set dim=32] [--streams 1,2,4,8] [--repeats 3]
-                                         [--device cuda]
+                                         [--device cuda] [--backend onnx]
 
 Prints one JSON object:
 - ``throughput``: segments/s through the whole runner (segmenter, encode, step, decoder, a JSON Lines sink
@@ -14,6 +14,8 @@ Prints one JSON object:
 - ``model_only``: the bare ``backend.step`` at batch 1 and N (no runner), the ceiling batching can reach.
 
 With ``--device cuda`` every step time includes the GPU's work: the backend returns the outputs on the CPU.
+``--backend onnx`` runs the step exported to ONNX (a temporary file) in ONNX Runtime, ``--threads`` intra-op
+threads, the CUDA provider with ``--device cuda``.
 
 Sources are in memory (one packet per segment of 16 kHz mono noise), so decoding does not dominate. Every
 repeat runs every configuration in turn (interleaved) and the medians are reported.
@@ -25,11 +27,13 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from memstream.export import TorchBackend
+from memstream.export import OnnxBackend, TorchBackend, export_step
 from memstream.models import build
 from memstream.pipelines.core_task import CoreProbeTask
 from memstream.pipelines.runner import StreamRunner
@@ -88,6 +92,27 @@ def model_only(task, backend, n: int, steps: int = 100) -> float:
     return n * steps / (time.perf_counter() - t0)
 
 
+def make_backend(task, name: str, device: str, threads: int, folder: str):
+    """The model behind ``task`` as a ``torch`` or ``onnx`` backend on ``device``."""
+    if name == "torch":
+        return TorchBackend(task.model, device)
+    cfg = task.model.cfg
+    path = Path(folder) / "core.onnx"
+    export_step(task.model, path, torch.zeros(2, cfg.segment, cfg.dim))
+    providers = ["CPUExecutionProvider"]
+    if torch.device(device).type == "cuda":
+        providers.insert(0, "CUDAExecutionProvider")
+    return OnnxBackend(path, providers=providers, threads=threads)
+
+
+def device_of(backend) -> tuple[str, str | None]:
+    """(device, its name) of a backend: the torch device, or ONNX Runtime's first provider."""
+    if isinstance(backend, OnnxBackend):
+        return backend.session.get_providers()[0], None
+    cuda = backend.device.type == "cuda"
+    return str(backend.device), torch.cuda.get_device_name(backend.device) if cuda else None
+
+
 def task_segment(task):
     from memstream.pipelines.launch import _dummy_segment
 
@@ -103,14 +128,23 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a CoreConfig field of the preset (e.g. --set dim=32 --set heads=2)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: at these sizes more threads only add sync cost)")
+                   help="intra-op threads of torch or ONNX Runtime (default 1: at these sizes more threads only add "
+                        "sync cost)")
     p.add_argument("--device", default="cpu", help="torch device of the model step, e.g. cuda (default cpu)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="eager PyTorch (default) or the exported step in ONNX Runtime")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     counts = [int(c) for c in args.streams.split(",")]
     overrides = {k: int(v) if v.isdigit() else v for k, v in (item.split("=", 1) for item in args.set)}
     task = CoreProbeTask("audio", build(args.preset, **overrides))
-    backend = TorchBackend(task.model, args.device)
+    with tempfile.TemporaryDirectory() as folder:
+        backend = make_backend(task, args.backend, args.device, args.threads, folder)
+        print(json.dumps(measure(args, task, backend, counts)))
+
+
+def measure(args, task, backend, counts: list[int]) -> dict:
+    """Every configuration, interleaved within each repeat -> the result object."""
     packets = [make_packets(task, args.segments, seed=k) for k in range(max(counts))]
     run_once(task, backend, packets[:2], sequential=False)  # warm-up
     runs: dict[tuple[int, str], list[dict]] = {}
@@ -133,8 +167,8 @@ def main() -> None:
     result = {
         "preset": args.preset, "core": {"dim": cfg.dim, "heads": cfg.heads, "layers": cfg.layers,
                                         "segment": cfg.segment, "memory": cfg.memory},
-        "threads": args.threads, "cpu_count": os.cpu_count(), "device": str(backend.device),
-        "device_name": torch.cuda.get_device_name(backend.device) if backend.device.type == "cuda" else None,
+        "backend": args.backend, "threads": args.threads, "cpu_count": os.cpu_count(),
+        "device": device_of(backend)[0], "device_name": device_of(backend)[1],
         "segments_per_stream": args.segments, "repeats": args.repeats,
         "throughput": {str(n): {"batched": round(med(n, "batched", "throughput"), 1),
                                 "sequential": round(med(n, "sequential", "throughput"), 1)} for n in counts},
@@ -149,7 +183,7 @@ def main() -> None:
         "model_only": {"throughput": {str(n): round(statistics.median(models[n]), 1) for n in counts},
                        "speedup": {str(n): round(statistics.median(models[n]) / model_1, 3) for n in counts}},
     }
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

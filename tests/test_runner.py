@@ -713,3 +713,21 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert main(["run", "core", "--source", str(tmp_path / "missing.wav")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.wav" in err
+
+
+# -- the benchmark ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_runtime_benchmark_prints_its_figures(backend):
+    """`benchmarks/runtime_streams.py` runs with either backend and prints the one JSON object it documents."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "runtime_streams.py"
+    run = subprocess.run([sys.executable, str(script), "--streams", "1,2", "--segments", "4", "--repeats", "1",
+                          "--backend", backend], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["backend"] == backend
+    assert result["device"] == ("cpu" if backend == "torch" else "CPUExecutionProvider")
+    for key in ("throughput_speedup", "speedup_vs_one_stream", "runtime_overhead_ms"):
+        assert set(result[key]) == {"1", "2"}, key
+    assert result["mean_batch"]["1"] == 1.0 and result["mean_batch"]["2"] > 1.0  # two streams did run batched
+    assert all(v["batched"] > 0 and v["sequential"] > 0 for v in result["throughput"].values())
+    assert result["speedup_vs_one_stream"]["1"] == 1.0
