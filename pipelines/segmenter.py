@@ -29,6 +29,7 @@ class Segment:
         rate: samples or frames per second.
         index: segment number in the stream, from 0.
         times: video only, (T,) stream time of each frame (NaN for padding).
+        num_valid: the number of True in ``valid`` (counted when not given); ``duration``: its seconds.
     """
 
     data: np.ndarray
