@@ -148,6 +148,20 @@ def test_image_folder_sorted_with_skip(tmp_path, caplog):
     assert source.info.size == (4, 5) and source.info.rate == 10
 
 
+def test_image_folder_of_many_broken_images_logs_a_few_and_counts_all(tmp_path, caplog):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "frame0.png"), np.zeros((4, 5, 3), np.uint8))
+    for i in range(1, 21):
+        (tmp_path / f"frame{i}.png").write_bytes(b"not a png")
+    source = make_source(str(tmp_path), fps=10)
+    with caplog.at_level(logging.WARNING):
+        packets = _drain(source)
+    assert len(packets) == 1 and source.stats.skipped == 20
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 5 and warnings[-1].endswith("further skips are counted in stats.skipped, not logged")
+
+
 def test_damaged_video_middle_goes_on(tmp_path):
     path = tmp_path / "damaged.ts"
     write_video(path, (64, 64), 50)
@@ -164,14 +178,17 @@ def test_damaged_video_middle_goes_on(tmp_path):
 def test_skips_are_logged_a_few_times_then_only_counted(caplog):
     """A stream damaged for days: five skip warnings, the last saying the rest are only counted."""
     from memstream.pipelines.sources.common import SkipLog
+    from memstream.pipelines.streams import SourceStats
 
-    skips = SkipLog("cam")
+    stats = SourceStats()
+    skips = SkipLog("cam", stats)
     with caplog.at_level(logging.WARNING):
         for k in range(1000):
             skips(f"skipped an undecodable packet at {k}")
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [f"cam: skipped an undecodable packet at {k}" for k in range(4)] + [
         "cam: skipped an undecodable packet at 4; further skips are counted in stats.skipped, not logged"]
+    assert stats.skipped == 1000
 
 
 # -- stdin PCM --------------------------------------------------------------------------------------

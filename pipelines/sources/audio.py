@@ -127,7 +127,7 @@ class AudioFileSource(BaseSource):
         channels = stream.codec_context.layout.nb_channels or getattr(stream.codec_context, "channels", 0)
         if not rate or not channels:
             raise SourceError(self.name, f"unsupported audio stream (rate={rate}, channels={channels})")
-        self._skips = SkipLog(self.name)
+        self._skips = SkipLog(self.name, self.stats)
         self._decode_error: str | None = None  # the latest undecodable packet's error
         self._blocks = self._read_pyav(stream, rate, channels)
         first = next(self._blocks, None)
@@ -151,13 +151,11 @@ class AudioFileSource(BaseSource):
                 frames = packet.decode()
             except av.FFmpegError as e:  # a damaged packet: skip it, the stream goes on
                 self._decode_error = one_line(e)
-                self.stats.skipped += 1
                 self._skips(f"skipped an undecodable audio packet at {packet.pts}: {self._decode_error}")
                 continue
             for frame in frames:
                 c = frame.layout.nb_channels
                 if frame.sample_rate != rate or c != channels:
-                    self.stats.skipped += 1
                     self._skips(f"skipped a frame of {frame.sample_rate} Hz x {c} channels in a {rate} Hz x "
                                 f"{channels} stream")
                     continue

@@ -174,13 +174,14 @@ def check_file(name: str, path: str | Path) -> Path:
 
 
 class SkipLog:
-    """Logs a source's skipped packets or frames: the first ``limit`` one by one, then one line saying that the
-    rest are only counted (``stats.skipped``), so a stream damaged for days cannot flood the log."""
+    """Counts a source's skipped packets or frames in ``stats.skipped`` and logs them: the first ``limit`` one by
+    one, then one line saying that the rest are only counted, so a stream damaged for days cannot flood the log."""
 
-    def __init__(self, name: str, limit: int = 5) -> None:
-        self.name, self.limit, self.logged = name, limit, 0
+    def __init__(self, name: str, stats: SourceStats, limit: int = 5) -> None:
+        self.name, self.stats, self.limit, self.logged = name, stats, limit, 0
 
     def __call__(self, message: str) -> None:
+        self.stats.skipped += 1
         if self.logged < self.limit:
             self.logged += 1
             more = "; further skips are counted in stats.skipped, not logged" if self.logged == self.limit else ""

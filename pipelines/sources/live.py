@@ -42,7 +42,7 @@ from memstream.pipelines.sources.common import (
     one_line,
 )
 from memstream.pipelines.sources.video import pyav_frames
-from memstream.pipelines.streams import Packet, SourceError, SourceInfo, SourceStats
+from memstream.pipelines.streams import Packet, SourceError, SourceInfo
 
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "tcp", "srt", "hls+http", "hls+https")
 _ENV_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide
@@ -345,7 +345,7 @@ class _PyAvCapture:
     """
 
     def __init__(self, url: str, options: dict[str, str], open_timeout: float, read_timeout: float,
-                 stats: SourceStats, skips: SkipLog) -> None:
+                 skips: SkipLog) -> None:
         import av
 
         self._av = av
@@ -355,7 +355,7 @@ class _PyAvCapture:
             raise SourceError(redact(url), "no video track in the stream")
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
-        self._frames = pyav_frames(self.container, self.stream, stats, skips)
+        self._frames = pyav_frames(self.container, self.stream, skips)
         self._ms = math.nan
 
     def read(self) -> tuple[bool, np.ndarray | None]:
@@ -408,7 +408,7 @@ class UrlVideoSource(_LiveVideoSource):
         self.url = url
         self.ffmpeg_options = dict(ffmpeg_options or {})
         self.backend = backend
-        self._skips = SkipLog(self.name)  # one log budget for the source, across reconnects
+        self._skips = SkipLog(self.name, self.stats)  # one log budget for the source, across reconnects
 
     def _connect(self) -> cv2.VideoCapture:
         if self.backend == "pyav":
@@ -437,7 +437,7 @@ class UrlVideoSource(_LiveVideoSource):
 
         try:
             return _PyAvCapture(self.url, {k: str(v) for k, v in self.ffmpeg_options.items()}, self.open_timeout,
-                                self.stall_timeout, self.stats, self._skips)
+                                self.stall_timeout, self._skips)
         except (ConnectionError, TimeoutError) as e:  # PyAV's own subclasses them: the socket says more
             raise SourceError(self.name, _diagnose(self.url, self.open_timeout)) from e
         except (av.FFmpegError, OSError) as e:

@@ -17,22 +17,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 from memstream.pipelines.sources.common import BaseSource, SkipLog, check_file, log, one_line
-from memstream.pipelines.streams import Packet, SourceError, SourceInfo, SourceStats
+from memstream.pipelines.streams import Packet, SourceError, SourceInfo
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
 DEFAULT_FPS = 30.0
 
 
-def pyav_frames(container, stream, stats: SourceStats, skips: SkipLog) -> Iterator:
+def pyav_frames(container, stream, skips: SkipLog) -> Iterator:
     """The decoded frames (``av.VideoFrame``) of a PyAV video ``stream``, packet by packet. A damaged packet is
-    skipped, counted in ``stats.skipped`` and logged; the stream goes on (files and live URLs alike)."""
+    skipped, counted and logged by ``skips``; the stream goes on (files and live URLs alike)."""
     import av
 
     for packet in container.demux(stream):
         try:
             frames = packet.decode()
         except av.FFmpegError as e:
-            stats.skipped += 1
             skips(f"skipped an undecodable packet at {packet.pts}: {one_line(e)}")
             continue
         yield from frames
@@ -139,7 +138,7 @@ class VideoFileSource(BaseSource):
 
     def _read_pyav(self, stream) -> Iterator[tuple[np.ndarray, float | None]]:
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        for frame in pyav_frames(self._container, stream, self.stats, SkipLog(self.name)):
+        for frame in pyav_frames(self._container, stream, SkipLog(self.name, self.stats)):
             yield frame.to_ndarray(format="rgb24"), (frame.time - start if frame.time is not None else None)
 
     def _packets(self) -> Iterator[Packet]:
@@ -197,14 +196,14 @@ class ImageFolderSource(BaseSource):
         if size is None:
             raise SourceError(self.name, f"none of the {len(files)} images can be read")
         self._files = files
+        self._skips = SkipLog(self.name, self.stats)  # a folder of thousands of broken images must not flood the log
         return SourceInfo("video", self.fps, size=size, duration=len(files) / self.fps)
 
     def _read(self, path: Path, log_skip: bool = True) -> np.ndarray | None:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             if log_skip:
-                self.stats.skipped += 1
-                log.warning("%s: skipped unreadable image %s", self.name, path.name)
+                self._skips(f"skipped unreadable image {path.name}")
             return None
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
