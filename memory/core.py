@@ -141,7 +141,10 @@ class MemoryCore(nn.Module):
             keys, values, mvalid = self.memory.context(layer, block, k_rot, v, state, ctx)
             length = keys.shape[1] - k_rot.shape[1]
             if length not in masks:
-                masks[length] = additive(attention_mask(mvalid, ctx.seg_mask), h.dtype)
+                seen = attention_mask(mvalid, ctx.seg_mask)
+                # Every key visible (a full memory, a full segment, not causal): no mask, so SDPA adds none.
+                everything = eager and seen.device.type == "cpu" and bool(seen.all())
+                masks[length] = None if everything else additive(seen, h.dtype)
             attn = block.attend(q_rot.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), masks[length])
             attn = self.memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
             h = block.finish(h, attn)

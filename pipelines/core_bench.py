@@ -45,7 +45,10 @@ def _ms(values: list[float]) -> dict:
 
 
 def state_bytes(state) -> int:
-    return sum(t.numel() * t.element_size() for t in state)
+    """Bytes the state holds: its tensors' storages, each counted once (an eager step may return views of a
+    buffer a little larger than the fields, e.g. the queue's [memory ; segment])."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state}
+    return sum(storages.values())
 
 
 def stream(core: MemoryCore, steps: int, early: int, repeats: int = 300) -> dict:

@@ -131,6 +131,11 @@ def _nbytes(state) -> int:
     return sum(t.numel() * t.element_size() for t in state)
 
 
+def _held_bytes(state) -> int:
+    """What the state keeps alive: its storages, once each (an eager step may return views of its buffers)."""
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state}.values())
+
+
 @torch.inference_mode()
 def test_state_bytes_do_not_grow(variant, make_core):
     """State after 10 and after 10,000 segments: same shapes, dtypes and bytes (and still finite)."""
@@ -141,19 +146,74 @@ def test_state_bytes_do_not_grow(variant, make_core):
     reset, mask = torch.zeros(b, dtype=torch.bool), _ones(b, t)
     state = core.init_state(b)
     initial = (_layout(state), _nbytes(state))
-    snapshot = None
+    snapshot, held = None, []
     for i in range(10_000):
         _, state = core.step(xs[i % 16], state, reset, mask)
+        held.append(_held_bytes(state))
         if i == 9:
             snapshot = (_layout(state), _nbytes(state))
     final = (_layout(state), _nbytes(state))
     assert snapshot == final == initial
+    # What the state keeps alive may differ from step to step (a view of a step's buffer, or a copy), never grow.
+    assert max(held[9_000:]) <= max(held[10:1_000]) <= 2 * final[1], "the memory a state holds grew"
     spec = core.state_spec(b)
     assert [(f, s, dt) for f, (s, dt) in spec.items()] == final[0]
     assert state.step.tolist() == [10_000] * b
     for f, tensor in zip(state._fields, state, strict=True):
         if tensor.is_floating_point():
             assert torch.isfinite(tensor).all(), f"state.{f} is not finite after 10,000 segments"
+
+
+@torch.no_grad()
+def test_earlier_states_survive_later_steps(variant, make_core, stream):
+    """A state is a value: stepping on (the eager step may hand out views of its own buffers) never changes a
+    state returned earlier, and stepping twice from one state (two branches) gives the same result twice."""
+    core = make_core(variant)
+    t = core.cfg.segment
+    x = stream(B, 10, t, core.cfg.dim, seed=8)
+    reset, mask = torch.zeros(B, dtype=torch.bool), _ones(B, t)
+    state, kept = core.init_state(B), []
+    for i in range(10):
+        _, state = core.step(x[:, i * t:(i + 1) * t], state, reset, mask)
+        kept.append((state, [f.clone() for f in state]))
+    for i, (st, copy) in enumerate(kept):
+        for f, a, b in zip(st._fields, st, copy, strict=True):
+            assert torch.equal(a, b), f"state.{f} of step {i} changed after later steps"
+    branch = kept[4][0]
+    y1, s1 = core.step(x[:, :t], branch, reset, mask)
+    y2, s2 = core.step(x[:, :t], branch, reset, mask)
+    assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(s1, s2, strict=True))
+
+
+def test_unmasked_attention_in_eager_steps_equals_the_graph_path(make_core, stream, monkeypatch):
+    """Once the queue is full and the segment is too (the steady state), the eager step attends without a mask
+    and returns the new queue as a view of its buffer; the grad-enabled step (what export traces) masks and
+    copies. Same numbers, and the shortcut is really taken."""
+    import memstream.memory.core as core_module
+
+    core = make_core("queue")
+    t, n = core.cfg.segment, 6
+    x = stream(B, n, t, core.cfg.dim, seed=9)
+    reset, mask = torch.zeros(B, dtype=torch.bool), _ones(B, t)
+    masks_built = []
+    additive = core_module.additive
+    monkeypatch.setattr(core_module, "additive", lambda m, dtype: masks_built.append(1) or additive(m, dtype))
+    s_fast = s_graph = core.init_state(B)
+    full = -(-core.memory.capacity // t)  # steps until every slot is filled
+    for i in range(n):
+        seg = x[:, i * t:(i + 1) * t]
+        masks_built.clear()
+        with torch.no_grad():
+            y_fast, s_fast = core.step(seg, s_fast, reset, mask)
+        if i >= full:
+            assert not masks_built, f"step {i}: a full queue and segment still built an attention mask"
+            assert s_fast.keys.untyped_storage().nbytes() > _nbytes(s_fast[:1]), "the new queue was copied"
+        with torch.enable_grad():
+            y_graph, s_graph = core.step(seg, s_graph, reset, mask)
+        assert masks_built, "the grad-enabled step must keep the mask (the exported graph needs it)"
+        torch.testing.assert_close(y_fast, y_graph.detach(), atol=1e-6, rtol=0)
+        for f, a, b in zip(s_fast._fields, s_fast, s_graph, strict=True):
+            torch.testing.assert_close(a, b.detach(), atol=1e-6, rtol=0, msg=f"state.{f} at step {i}")
 
 
 # -- reset -----------------------------------------------------------------------------------------------
