@@ -1,6 +1,6 @@
 """Throughput of the runtime with N streams batched into one step vs the same streams stepped one at a time.
 
-    python benchmarks/runtime_streams.py [--preset core-tiny] [--set dim=32] [--streams 1,2,4,8] [--repeats 3]
+    python benchmarks/runtime_streams.py [--preset core-tiny] [--set dim=32] [--streams 1,2,4,8] [--repeats 5]
                                          [--device cuda] [--backend onnx]
 
 Prints one JSON object:
@@ -11,7 +11,9 @@ Prints one JSON object:
   the figure of the goal "8 streams batched >= 5x one stream's throughput";
 - ``runtime_overhead_ms``: runner wall time per segment minus model step time per segment (batched; the
   sequential figure beside it);
-- ``model_only``: the bare ``backend.step`` at batch 1 and N (no runner), the ceiling batching can reach.
+- ``model_only``: the bare ``backend.step`` at batch 1 and N (no runner), the ceiling batching can reach;
+- ``speedup_vs_one_stream_per_repeat``: batched(N) / batched(1) within each repeat, the spread behind the median
+  (on a shared 2-core machine runs of the same code differ by 20% and more).
 
 With ``--device cuda`` every step time includes the GPU's work: the backend returns the outputs on the CPU.
 ``--backend onnx`` runs the step exported to ONNX (a temporary file) in ONNX Runtime, ``--threads`` intra-op
@@ -124,7 +126,7 @@ def main() -> None:
     p.add_argument("--preset", default="core-tiny", help="core preset (default core-tiny, the `run core` default)")
     p.add_argument("--streams", default="1,2,4,8", help="stream counts to measure")
     p.add_argument("--segments", type=int, default=150, help="segments per stream per run")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a CoreConfig field of the preset (e.g. --set dim=32 --set heads=2)")
     p.add_argument("--threads", type=int, default=1,
@@ -182,6 +184,10 @@ def measure(args, task, backend, counts: list[int]) -> dict:
         "mean_batch": {str(n): med(n, "batched", "mean_batch") for n in counts},
         "model_only": {"throughput": {str(n): round(statistics.median(models[n]), 1) for n in counts},
                        "speedup": {str(n): round(statistics.median(models[n]) / model_1, 3) for n in counts}},
+        "speedup_vs_one_stream_per_repeat": (
+            {str(n): [round(r["throughput"] / r1["throughput"], 3) for r, r1 in zip(runs[(n, "batched")],
+                                                                                     runs[(1, "batched")], strict=True)]
+             for n in counts} if base else None),
     }
     return result
 

@@ -731,3 +731,5 @@ def test_runtime_benchmark_prints_its_figures(backend):
     assert result["mean_batch"]["1"] == 1.0 and result["mean_batch"]["2"] > 1.0  # two streams did run batched
     assert all(v["batched"] > 0 and v["sequential"] > 0 for v in result["throughput"].values())
     assert result["speedup_vs_one_stream"]["1"] == 1.0
+    assert result["speedup_vs_one_stream_per_repeat"]["1"] == [1.0]
+    assert len(result["speedup_vs_one_stream_per_repeat"]["2"]) == 1
