@@ -152,6 +152,21 @@ def test_onnx_backend_rejects_wrong_input_shape(exported):
             backend.step(bad, state, torch.zeros(2, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_export_without_autograd_keeps_the_graph_path(mode, tmp_path):
+    """The eager step's inference shortcuts (no reset when none is asked for, no attention mask once every key is
+    visible, the new queue as a view) depend on tensor values; an export under no_grad or inference_mode must
+    still trace the graph path (reset Where nodes, masks), the same graph as with autograd on."""
+    core = build_core("queue")
+    x = torch.zeros(EXPORT_BATCH, core.cfg.segment, core.cfg.dim)
+    export_step(core, tmp_path / "grad.onnx", x)
+    with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+        export_step(core, tmp_path / "fast.onnx", x)
+    ops = [[n.op_type for n in onnx.load(tmp_path / f).graph.node] for f in ("grad.onnx", "fast.onnx")]
+    assert ops[0] == ops[1]
+    assert ops[1].count("Where") >= len(core.init_state(1)) - 1, "the reset was traced away"
+
+
 def test_onnx_backend_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         OnnxBackend(tmp_path / "missing.onnx")
