@@ -136,7 +136,7 @@ class MemoryCore(nn.Module):
         masks: dict[int, Tensor] = {}  # attention masks by memory length, shared by the layers
         for layer, block in enumerate(self.blocks):
             qkv = block.qkv_tokens(h)  # (B, N, 3, H, Dh)
-            q_rot, k_rot = rotate_full(qkv[:, :, :2], cos, sin).unbind(2)  # q and k rotated in one go
+            q_rot, k_rot = rotate_full(qkv.narrow(2, 0, 2), cos, sin).unbind(2)  # q and k rotated in one go
             q, k, v = qkv.unbind(2)
             keys, values, mvalid = self.memory.context(layer, block, k_rot, v, state, ctx)
             length = keys.shape[1] - k_rot.shape[1]
