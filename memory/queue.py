@@ -95,7 +95,7 @@ class QueueMemory(MemoryType):
             return super().context(layer, block, k_rot, v, state, ctx)
         keys, values = buffers  # (B, M + T, L, H, Dh)
         m = self.capacity
-        # narrow/select/copy_ rather than Python indexing: a tuple index costs a few µs of parsing, 16 per step
+        # narrow/select/copy_ rather than Python indexing: a tuple index costs a few µs of parsing, four per layer
         t = k_rot.shape[1]
         keys.narrow(1, m, t).select(2, layer).copy_(k_rot)
         values.narrow(1, m, t).select(2, layer).copy_(v)
