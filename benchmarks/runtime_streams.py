@@ -166,11 +166,12 @@ def measure(args, task, backend, counts: list[int]) -> dict:
     base = med(counts[0], "batched", "throughput") if counts[0] == 1 else None
     model_1 = statistics.median(models[1])
     cfg = task.model.cfg
+    device, device_name = device_of(backend)
     result = {
         "preset": args.preset, "core": {"dim": cfg.dim, "heads": cfg.heads, "layers": cfg.layers,
                                         "segment": cfg.segment, "memory": cfg.memory},
         "backend": args.backend, "threads": args.threads, "cpu_count": os.cpu_count(),
-        "device": device_of(backend)[0], "device_name": device_of(backend)[1],
+        "device": device, "device_name": device_name,
         "segments_per_stream": args.segments, "repeats": args.repeats,
         "throughput": {str(n): {"batched": round(med(n, "batched", "throughput"), 1),
                                 "sequential": round(med(n, "sequential", "throughput"), 1)} for n in counts},

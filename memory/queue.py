@@ -118,24 +118,25 @@ class QueueMemory(MemoryType):
         n_write = ctx.extra["n_write"]
         buffers = ctx.extra.get("buffers")
         if buffers is not None and n_write.device.type == "cpu" and bool((n_write == n_write[0]).all()):
-            # Eager inference, every stream writing as many tokens (full segments, the steady state): the new
-            # queue is a view of the step's own [memory ; segment] buffer, no copy. The state then holds the
-            # buffer, T slots more than its M; the next step copies it into a new buffer and drops this one.
+            # Eager inference, every stream writing as many tokens (full segments, the steady state): the rows
+            # are one slice, so the new queue is a view of the step's own [memory ; segment] buffer, no copy. The
+            # state then holds the buffer, T slots more than its M; the next step copies it into a new one.
             shift = int(n_write[0])
-            keys, values = (buf.narrow(1, shift, m) for buf in buffers)
-            valid = torch.cat((state.valid, ctx.mask), dim=1).narrow(1, shift, m)
-            pos = torch.cat((state.pos, ctx.pos), dim=1).narrow(1, shift, m)
-            return h, QueueState(keys=keys, values=values, valid=valid, pos=pos, step=state.step + 1)
-        # Otherwise the rows of every stream are picked from the flattened batch by one index_select on a 2-D
-        # view, a row copy (the 5-D index_select was 2x slower at batch 1, the per-element gather over
-        # (B, L, H, M, Dh) it replaced 3x (batch 1) to 6x (batch 8)).
-        rows = m + t
-        index = (torch.arange(b, device=h.device) * rows + n_write).unsqueeze(1) + torch.arange(m, device=h.device)
-        index = index.flatten()  # (B * M,) into the flattened (B * (M + T)) rows
 
-        def take(merged: Tensor) -> Tensor:
-            """merged: (B, M + T, ...) contiguous -> (B, M, ...)"""
-            return merged.view(b * rows, -1).index_select(0, index).view((b, m) + merged.shape[2:])
+            def take(merged: Tensor) -> Tensor:
+                """merged: (B, M + T, ...) -> (B, M, ...), a view"""
+                return merged.narrow(1, shift, m)
+        else:
+            # The rows of every stream are picked from the flattened batch by one index_select on a 2-D view, a
+            # row copy (the 5-D index_select was 2x slower at batch 1, the per-element gather over
+            # (B, L, H, M, Dh) it replaced 3x (batch 1) to 6x (batch 8)).
+            rows = m + t
+            index = (torch.arange(b, device=h.device) * rows + n_write).unsqueeze(1) + torch.arange(m, device=h.device)
+            index = index.flatten()  # (B * M,) into the flattened (B * (M + T)) rows
+
+            def take(merged: Tensor) -> Tensor:
+                """merged: (B, M + T, ...) contiguous -> (B, M, ...)"""
+                return merged.view(b * rows, -1).index_select(0, index).view((b, m) + merged.shape[2:])
 
         def push(old: Tensor, new: Tensor) -> Tensor:
             """old: (B, M, ...), new: (B, T, ...) -> (B, M, ...)"""

@@ -9,6 +9,7 @@ import torch
 from conftest import VARIANTS
 from memstream.memory import CoreConfig, MemoryCore
 from memstream.memory.layers import Rotary
+from memstream.pipelines.core_bench import state_bytes
 
 B = 3
 
@@ -131,11 +132,6 @@ def _nbytes(state) -> int:
     return sum(t.numel() * t.element_size() for t in state)
 
 
-def _held_bytes(state) -> int:
-    """What the state keeps alive: its storages, once each (an eager step may return views of its buffers)."""
-    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state}.values())
-
-
 @torch.inference_mode()
 def test_state_bytes_do_not_grow(variant, make_core):
     """State after 10 and after 10,000 segments: same shapes, dtypes and bytes (and still finite)."""
@@ -149,7 +145,7 @@ def test_state_bytes_do_not_grow(variant, make_core):
     snapshot, held = None, []
     for i in range(10_000):
         _, state = core.step(xs[i % 16], state, reset, mask)
-        held.append(_held_bytes(state))
+        held.append(state_bytes(state))  # the storages it keeps alive
         if i == 9:
             snapshot = (_layout(state), _nbytes(state))
     final = (_layout(state), _nbytes(state))
