@@ -19,13 +19,17 @@ class StepContext:
         mask: (B, T) bool, valid segment tokens (a prefix: padding only at the end).
         n: (B,) int64 number of valid tokens.
         pos: (B, T) int64 stream positions of the segment's tokens.
-        cos, sin: (B, 1, N, Dh/2) rotary tables for the N tokens the blocks run over.
-        seg_mask: (B, N, N) bool attention among those tokens.
+        token_pos: (B, N) int64 stream positions of the N tokens the blocks run over, set by a memory whose
+            tokens are not just the segment's; None means ``pos``.
+        seg_mask: (B, N, N) bool attention among those tokens; None (the default) means the plain
+            ``segment_mask(mask, causal)``, which the core builds only when a step needs a mask at all.
         own_state: the state's tensors were made by this step (a ``reset`` was applied: every field is the
             reset's new tensor) and autograd is off, so ``write`` may update them in place instead of copying
             them; never the caller's tensors, which the step must not change.
         eager_inference: autograd is off and no torch.compile or export traces the step, so a memory may take
             eager-only shortcuts (e.g. write into buffers the step allocated) with the same results.
+        full: eager inference and every segment token of every stream is valid (known without a device sync);
+            False when unknown.
     """
 
     mask: Tensor
@@ -33,8 +37,8 @@ class StepContext:
     pos: Tensor
     own_state: bool = False
     eager_inference: bool = False
-    cos: Tensor | None = None
-    sin: Tensor | None = None
+    full: bool = False
+    token_pos: Tensor | None = None
     seg_mask: Tensor | None = None
     extra: dict = field(default_factory=dict)
 
@@ -62,8 +66,8 @@ class MemoryType(nn.Module):
         return self.State(**{k: torch.zeros(shape, dtype=dt, device=device) for k, (shape, dt) in spec.items()})
 
     def begin(self, x: Tensor, state: NamedTuple, ctx: StepContext, rotary: nn.Module) -> Tensor:
-        """Prepare the step: fill ``ctx`` (rotary tables, segment mask) and return the tokens the blocks
-        run over, (B, N, D) with N >= T."""
+        """Prepare the step: fill ``ctx`` (the tokens' positions and attention among them where they are not
+        the segment's own) and return the tokens the blocks run over, (B, N, D) with N >= T."""
         raise NotImplementedError
 
     def read(self, layer: int, block: Block, state: NamedTuple, ctx: StepContext):
@@ -76,17 +80,18 @@ class MemoryType(nn.Module):
 
     def context(self, layer: int, block: Block, k_rot: Tensor, v: Tensor, state: NamedTuple,
                 ctx: StepContext) -> tuple[Tensor, Tensor, Tensor | None]:
-        """What ``layer`` attends over: keys and values token-major, ``[memory ; the N tokens]``, (B, M + N, H, Dh)
+        """What ``layer`` attends over: keys and values head-major, ``[memory ; the N tokens]``, (B, H, M + N, Dh)
         each, and the memory's valid (B, M) bool (None: no memory). ``k_rot``/``v``: (B, N, H, Dh) of the tokens.
 
         The default concatenates :meth:`read` with the tokens' own; a memory that keeps its entries in that form
-        may hand out buffers instead.
+        may hand out views of buffers instead.
         """
+        k_heads, v_heads = k_rot.transpose(1, 2), v.transpose(1, 2)
         memory = self.read(layer, block, state, ctx)
         if memory is None:
-            return k_rot, v, None
+            return k_heads, v_heads, None
         mk, mv, mvalid = memory
-        return torch.cat((mk.transpose(1, 2), k_rot), dim=1), torch.cat((mv.transpose(1, 2), v), dim=1), mvalid
+        return torch.cat((mk, k_heads), dim=2), torch.cat((mv, v_heads), dim=2), mvalid
 
     def after_attention(self, layer: int, q: Tensor, k: Tensor, k_rot: Tensor, v: Tensor, attn: Tensor,
                         state: NamedTuple, ctx: StepContext) -> Tensor:

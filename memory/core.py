@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from memstream.memory.base import MemoryType, StepContext
 from memstream.memory.config import CoreConfig
 from memstream.memory.knn import KnnMemory
@@ -20,7 +21,6 @@ from memstream.memory.layers import (
     additive,
     attention_mask,
     rotate_full,
-    rotation_tables,
     segment_mask,
     within_segments,
 )
@@ -44,8 +44,6 @@ class _NoMemory(MemoryType):
         return {"step": ((batch,), torch.int64)}
 
     def begin(self, x, state, ctx, rotary):
-        ctx.cos, ctx.sin = rotary(ctx.pos)
-        ctx.seg_mask = segment_mask(ctx.mask, self.cfg.causal)
         return x
 
     def write(self, h, state, ctx):
@@ -116,11 +114,15 @@ class MemoryCore(nn.Module):
             y: (B, T, D) outputs (padded positions hold finite values to be ignored), and the new state.
         """
         b, t, _ = x.shape
+        # Eager inference (autograd off, not traced by torch.compile or an export) may take shortcuts a graph
+        # cannot: skip the reset when no stream resets (a CPU tensor: no device sync), write into buffers, leave
+        # out an attention mask that masks nothing.
+        eager = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         if mask is None:
             mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
-        # Eager inference (autograd off, not traced by torch.compile or an export) may take shortcuts a graph
-        # cannot: skip the reset when no stream resets (a CPU tensor: no device sync), write into buffers.
-        eager = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            full = eager
+        else:
+            full = eager and mask.device.type == "cpu" and bool(mask.all())
         cleared = reset is not None and not (eager and reset.device.type == "cpu" and not bool(reset.any()))
         if cleared:
             state = reset_state(state, reset)
@@ -128,28 +130,39 @@ class MemoryCore(nn.Module):
         # The reset made every state tensor anew; with autograd off nothing else holds them (autograd may save
         # them for backward), so the memory may write into them in place.
         own = cleared and not torch.is_grad_enabled()
-        ctx = StepContext(mask=mask, n=mask.sum(1), pos=pos, own_state=own, eager_inference=eager)
+        ctx = StepContext(mask=mask, n=mask.sum(1), pos=pos, own_state=own, eager_inference=eager, full=full)
         h = self.memory.begin(x, state, ctx, self.rotary)
+        n_tokens = h.shape[1]
         # The blocks run token-major, (B, N, H, Dh): the projection's own layout, the one SDPA's CPU kernel
         # reads and writes, and the queue's slot-major rows, so no layer copies a transposed tensor.
-        cos, sin = rotation_tables(*(c.transpose(1, 2).unsqueeze(2) for c in (ctx.cos, ctx.sin)))  # (B,N,1,1,Dh)
-        masks: dict[int, Tensor] = {}  # attention masks by memory length, shared by the layers
+        cos, sin = self.rotary.token_tables(ctx.pos if ctx.token_pos is None else ctx.token_pos)  # (B, N, 1, 1, Dh)
+        masks: dict[int, Tensor | None] = {}  # attention masks by memory length, shared by the layers
         for layer, block in enumerate(self.blocks):
             qkv = block.qkv_tokens(h)  # (B, N, 3, H, Dh)
             q_rot, k_rot = rotate_full(qkv.narrow(2, 0, 2), cos, sin).unbind(2)  # q and k rotated in one go
             q, k, v = qkv.unbind(2)
-            keys, values, mvalid = self.memory.context(layer, block, k_rot, v, state, ctx)
-            length = keys.shape[1] - k_rot.shape[1]
+            keys, values, mvalid = self.memory.context(layer, block, k_rot, v, state, ctx)  # (B, H, M + N, Dh)
+            length = keys.shape[2] - n_tokens
             if length not in masks:
-                seen = attention_mask(mvalid, ctx.seg_mask)
-                # Every key visible (a full memory, a full segment, not causal): no mask, so SDPA adds none.
-                everything = eager and seen.device.type == "cpu" and bool(seen.all())
-                masks[length] = None if everything else additive(seen, h.dtype)
-            attn = block.attend(q_rot.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), masks[length])
+                masks[length] = self._attention_mask(mvalid, ctx, h.dtype)
+            attn = block.attend(q_rot.transpose(1, 2), keys, values, masks[length])
             attn = self.memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
             h = block.finish(h, attn)
         y, state = self.memory.write(h, state, ctx)
-        return self.norm(y), state
+        norm = self.norm  # functionally: a module call costs as much as the norm itself here
+        return F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps), state
+
+    def _attention_mask(self, memory_valid: Tensor | None, ctx: StepContext, dtype: torch.dtype) -> Tensor | None:
+        """Additive mask (B, 1, N, M + N) over ``[memory ; tokens]`` keys; None in eager inference when every key
+        is visible (a full memory, a full segment, not causal), so SDPA adds none."""
+        if ctx.seg_mask is None and ctx.full and not self.cfg.causal and (
+                memory_valid is None or (memory_valid.device.type == "cpu" and bool(memory_valid.all()))):
+            return None
+        seg_mask = segment_mask(ctx.mask, self.cfg.causal) if ctx.seg_mask is None else ctx.seg_mask
+        seen = attention_mask(memory_valid, seg_mask)
+        if ctx.seg_mask is not None and ctx.eager_inference and seen.device.type == "cpu" and bool(seen.all()):
+            return None  # a memory's own token structure that happens to hide nothing
+        return additive(seen, dtype)
 
     # -- whole sequences -----------------------------------------------------------------------------
     def forward_sequence(self, x: Tensor, mask: Tensor | None = None) -> Tensor:

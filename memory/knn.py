@@ -16,7 +16,6 @@ from typing import NamedTuple
 import torch
 from memstream.memory.base import MemoryType
 from memstream.memory.config import CoreConfig
-from memstream.memory.layers import segment_mask
 from torch import Tensor, nn
 
 
@@ -47,8 +46,6 @@ class KnnMemory(MemoryType):
                 "cursor": ((batch,), torch.int64), "step": ((batch,), torch.int64)}
 
     def begin(self, x, state, ctx, rotary):
-        ctx.cos, ctx.sin = rotary(ctx.pos)
-        ctx.seg_mask = segment_mask(ctx.mask, self.cfg.causal)
         return x
 
     def retrieve(self, q: Tensor, state: KnnState) -> tuple[Tensor, Tensor]:

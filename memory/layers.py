@@ -40,12 +40,27 @@ class Rotary(nn.Module):
         # The top digit is not reduced: it stays exact however long the stream.
         self.register_buffer("digit_base", torch.tensor([1 << _DIGIT_BITS] * 2 + [1 << 62], dtype=torch.int64),
                              persistent=False)
+        half = head_dim // 2
+        self.register_buffer("sign", torch.tensor([-1.0] * half + [1.0] * half), persistent=False)
+
+    def angle(self, pos: Tensor) -> Tensor:
+        """pos: (B, N) int64 stream positions -> rotation angles (B, N, Dh/2), each in [0, 3 * 2*pi)."""
+        digits = (pos.unsqueeze(-1) // self.digit_unit) % self.digit_base  # (B, N, 3)
+        return _wrap(digits.unsqueeze(-1).float() * self.digit_freq).sum(-2)
 
     def forward(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         """pos: (B, N) int64 stream positions -> cos, sin: (B, 1, N, Dh/2)."""
-        digits = (pos.unsqueeze(-1) // self.digit_unit) % self.digit_base  # (B, N, 3)
-        angle = _wrap(digits.unsqueeze(-1).float() * self.digit_freq).sum(-2).unsqueeze(1)  # (B, 1, N, Dh/2)
+        angle = self.angle(pos).unsqueeze(1)
         return torch.cos(angle), torch.sin(angle)
+
+    def token_tables(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """pos: (B, N) int64 -> the full-width tables of :func:`rotate_full` for token-major heads, cos_full and
+        sin_signed: (B, N, 1, 1, Dh); the same numbers as :func:`rotation_tables` of :meth:`forward`, in fewer
+        calls (the core's step makes them once per step)."""
+        b, n = pos.shape
+        angle = self.angle(pos)
+        angle = torch.cat((angle, angle), dim=-1).view(b, n, 1, 1, -1)
+        return torch.cos(angle), torch.sin(angle) * self.sign
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -181,6 +196,6 @@ class Block(nn.Module):
         """h: (B, T, D) residual stream, attn: (B, H, T, Dh) -> (B, T, D)."""
         b, _, t, _ = attn.shape
         h = h + self._drop(F.linear(attn.transpose(1, 2).reshape(b, t, -1), self.out.weight, self.out.bias))
-        up, down = self.ff[0], self.ff[2]
+        up, _, down = self.ff  # unpacking, not two Sequential lookups: this runs for every layer of every step
         f = F.gelu(F.linear(self._norm(self.norm2, h), up.weight, up.bias))
         return h + self._drop(F.linear(f, down.weight, down.bias))

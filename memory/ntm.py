@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from memstream.memory.base import MemoryType
 from memstream.memory.config import CoreConfig
-from memstream.memory.layers import segment_mask
 from memstream.memory.queue import masked_mean
 from torch import Tensor, nn
 
@@ -142,8 +141,6 @@ class NtmMemory(MemoryType):
         return memory, read, write
 
     def begin(self, x, state, ctx, rotary):
-        ctx.cos, ctx.sin = rotary(ctx.pos)
-        ctx.seg_mask = segment_mask(ctx.mask, self.cfg.causal)
         memory, read_prev, write_prev = self.current(state)
         w_read, _ = self.read_head(self.norm_read(masked_mean(x, ctx.mask)), memory, read_prev)  # (B, Hr, R)
         vectors = torch.matmul(w_read, memory)  # (B, Hr, C)
@@ -151,7 +148,7 @@ class NtmMemory(MemoryType):
         e["memory"], e["read_prev"], e["write_prev"], e["read_weights"] = memory, read_prev, write_prev, w_read
         e["tokens"] = self.out(vectors) + self.head_embed  # (B, Hr, D)
         # Read tokens sit at the segment's first position: a fixed relative distance to the segment.
-        e["read_cos"], e["read_sin"] = ctx.cos[:, :, :1], ctx.sin[:, :, :1]
+        e["read_cos"], e["read_sin"] = rotary(ctx.pos[:, :1])
         e["read_valid"] = torch.ones(x.shape[0], self.cfg.ntm_read_heads, dtype=torch.bool, device=x.device)
         return x
 

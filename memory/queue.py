@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from memstream.memory.base import MemoryType
 from memstream.memory.config import CoreConfig
-from memstream.memory.layers import segment_mask, within_segments
+from memstream.memory.layers import within_segments
 from torch import Tensor, nn
 
 
@@ -58,8 +58,6 @@ class QueueMemory(MemoryType):
         return self.gate(masked_mean(x, mask)).squeeze(-1)
 
     def begin(self, x, state, ctx, rotary):
-        ctx.cos, ctx.sin = rotary(ctx.pos)
-        ctx.seg_mask = segment_mask(ctx.mask, self.cfg.causal)
         if self.gate is None:
             ctx.extra["n_write"] = ctx.n
         else:
@@ -77,32 +75,33 @@ class QueueMemory(MemoryType):
                 buf.narrow(1, 0, m).copy_(old)
                 buffers.append(buf)
             ctx.extra["buffers"] = buffers
+            # Every layer's views of them, made here with a few calls per buffer rather than a narrow, a select and
+            # a transpose per layer and tensor: where the layer's segment keys go, L x (B, T, H, Dh), and what it
+            # attends over, head-major, L x (B, H, M_l + T, Dh), by where the layer's memory starts.
+            ctx.extra["targets"] = [buf.narrow(1, m, t).unbind(2) for buf in buffers]
+            ctx.extra["views"] = {
+                start: ([buf.narrow(1, start, m + t - start).permute(2, 0, 3, 1, 4).unbind(0) for buf in buffers]
+                        + [state.valid.narrow(1, start, m - start) if start < m else None])
+                for start in {m - length for length in self.lengths}}
         else:
             ctx.extra["keys"], ctx.extra["values"] = [], []
         return x
 
-    def read(self, layer, block, state, ctx):
-        m = self.lengths[layer]
-        if m == 0:
-            return None
-        start = self.capacity - m
-        keys = state.keys[:, start:, layer].transpose(1, 2)  # (B, H, m, Dh)
-        return keys, state.values[:, start:, layer].transpose(1, 2), state.valid[:, start:]
-
     def context(self, layer, block, k_rot, v, state, ctx):
-        buffers = ctx.extra.get("buffers")
-        if buffers is None:
-            return super().context(layer, block, k_rot, v, state, ctx)
-        keys, values = buffers  # (B, M + T, L, H, Dh)
-        m = self.capacity
-        # narrow/select/copy_ rather than Python indexing: a tuple index costs a few µs of parsing, four per layer
-        t = k_rot.shape[1]
-        keys.narrow(1, m, t).select(2, layer).copy_(k_rot)
-        values.narrow(1, m, t).select(2, layer).copy_(v)
-        start = m - self.lengths[layer]
-        n = keys.shape[1] - start
-        return (keys.narrow(1, start, n).select(2, layer), values.narrow(1, start, n).select(2, layer),
-                state.valid.narrow(1, start, m - start) if start < m else None)
+        m = self.lengths[layer]
+        start = self.capacity - m
+        if "buffers" in ctx.extra:
+            key_targets, value_targets = ctx.extra["targets"]
+            key_targets[layer].copy_(k_rot)
+            value_targets[layer].copy_(v)
+            keys, values, valid = ctx.extra["views"][start]
+            return keys[layer], values[layer], valid
+        if m == 0:
+            return k_rot.transpose(1, 2), v.transpose(1, 2), None
+        # Memory and segment are both token-major: one concatenation, then one transpose to head-major.
+        keys = torch.cat((state.keys[:, start:, layer], k_rot), dim=1).transpose(1, 2)
+        values = torch.cat((state.values[:, start:, layer], v), dim=1).transpose(1, 2)
+        return keys, values, state.valid[:, start:]
 
     def after_attention(self, layer, q, k, k_rot, v, attn, state, ctx):
         if "buffers" not in ctx.extra:
@@ -117,11 +116,16 @@ class QueueMemory(MemoryType):
         m = self.capacity
         n_write = ctx.extra["n_write"]
         buffers = ctx.extra.get("buffers")
-        if buffers is not None and n_write.device.type == "cpu" and bool((n_write == n_write[0]).all()):
+        shift = None  # how many tokens every stream writes, where that is one number known without a device sync
+        if buffers is not None:
+            if self.gate is None and ctx.full:
+                shift = t
+            elif n_write.device.type == "cpu" and bool((n_write == n_write[0]).all()):
+                shift = int(n_write[0])
+        if shift is not None:
             # Eager inference, every stream writing as many tokens (full segments, the steady state): the rows
             # are one slice, so the new queue is a view of the step's own [memory ; segment] buffer, no copy. The
             # state then holds the buffer, T slots more than its M; the next step copies it into a new one.
-            shift = int(n_write[0])
 
             def take(merged: Tensor) -> Tensor:
                 """merged: (B, M + T, ...) -> (B, M, ...), a view"""

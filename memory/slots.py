@@ -15,7 +15,6 @@ from typing import NamedTuple
 import torch
 from memstream.memory.base import VectorMemory
 from memstream.memory.config import CoreConfig
-from memstream.memory.layers import segment_mask
 from torch import Tensor, nn
 
 
@@ -40,12 +39,10 @@ class SlotsMemory(VectorMemory):
         self.scale = math.sqrt(d)
 
     def begin(self, x, state, ctx, rotary):
-        ctx.cos, ctx.sin = rotary(ctx.pos)
-        ctx.seg_mask = segment_mask(ctx.mask, self.cfg.causal)
         mem = self.current(state)
         ctx.extra["memory"] = mem
         # Slots sit at the segment's first position: a fixed relative distance to the segment.
-        ctx.extra["slot_cos"], ctx.extra["slot_sin"] = ctx.cos[:, :, :1], ctx.sin[:, :, :1]
+        ctx.extra["slot_cos"], ctx.extra["slot_sin"] = rotary(ctx.pos[:, :1])
         ctx.extra["slot_valid"] = torch.ones(x.shape[0], self.cfg.num_tokens, dtype=torch.bool, device=x.device)
         return x
 

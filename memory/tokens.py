@@ -61,7 +61,9 @@ class TokensMemory(VectorMemory):
             parts.append(mem + self.write_embed)
             pos.append(last.expand(-1, k))
             valid.append(valid[0])
-        ctx.cos, ctx.sin = rotary(torch.cat(pos, dim=1))
+        ctx.token_pos = torch.cat(pos, dim=1)
+        if self.updater is not None:  # it runs over [memory ; segment], the first K + T tokens
+            ctx.extra["update_cos"], ctx.extra["update_sin"] = rotary(ctx.token_pos[:, : k + self.cfg.segment])
         n = self.structure.shape[0]
         eye = torch.eye(n, dtype=torch.bool, device=x.device)
         ctx.seg_mask = (torch.cat(valid, dim=1).unsqueeze(1) & self.structure) | eye
@@ -76,7 +78,7 @@ class TokensMemory(VectorMemory):
         else:
             # MemCtrl: the memory attends to itself and to the processed segment.
             both = torch.cat((old, y), dim=1)
-            cos, sin = ctx.cos[:, :, : k + t], ctx.sin[:, :, : k + t]
+            cos, sin = ctx.extra["update_cos"], ctx.extra["update_sin"]
             q, kk, v = self.updater.project(both, cos, sin)
             b = h.shape[0]
             keys_valid = torch.cat((torch.ones(b, k, dtype=torch.bool, device=h.device), ctx.mask), dim=1)
