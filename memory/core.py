@@ -89,6 +89,8 @@ class MemoryCore(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.memory = MEMORY_CLASSES[cfg.memory](cfg)
         self.State = self.memory.State
+        # Most memories leave attention as it is: the step then skips the call, one per layer.
+        self.after_attention = type(self.memory).after_attention is not MemoryType.after_attention
 
     # -- state ---------------------------------------------------------------------------------------
     def state_spec(self, batch: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -146,7 +148,8 @@ class MemoryCore(nn.Module):
             if length not in masks:
                 masks[length] = self._attention_mask(mvalid, ctx, h.dtype)
             attn = block.attend(q_rot.transpose(1, 2), keys, values, masks[length])
-            attn = self.memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
+            if self.after_attention:
+                attn = self.memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
             h = block.finish(h, attn)
         y, state = self.memory.write(h, state, ctx)
         norm = self.norm  # functionally: a module call costs as much as the norm itself here

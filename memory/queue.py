@@ -96,18 +96,14 @@ class QueueMemory(MemoryType):
             value_targets[layer].copy_(v)
             keys, values, valid = ctx.extra["views"][start]
             return keys[layer], values[layer], valid
+        ctx.extra["keys"].append(k_rot)  # for write
+        ctx.extra["values"].append(v)
         if m == 0:
             return k_rot.transpose(1, 2), v.transpose(1, 2), None
         # Memory and segment are both token-major: one concatenation, then one transpose to head-major.
         keys = torch.cat((state.keys[:, start:, layer], k_rot), dim=1).transpose(1, 2)
         values = torch.cat((state.values[:, start:, layer], v), dim=1).transpose(1, 2)
         return keys, values, state.valid[:, start:]
-
-    def after_attention(self, layer, q, k, k_rot, v, attn, state, ctx):
-        if "buffers" not in ctx.extra:
-            ctx.extra["keys"].append(k_rot)
-            ctx.extra["values"].append(v)
-        return attn
 
     def write(self, h, state, ctx):
         # New queue = the last M entries of [memory ; the first n_write segment tokens]: rows taken at
