@@ -90,7 +90,7 @@ class MemoryCore(nn.Module):
         self.memory = MEMORY_CLASSES[cfg.memory](cfg)
         self.State = self.memory.State
         # Most memories leave attention as it is: the step then skips the call, one per layer.
-        self.after_attention = type(self.memory).after_attention is not MemoryType.after_attention
+        self.memory_changes_attention = type(self.memory).after_attention is not MemoryType.after_attention
 
     # -- state ---------------------------------------------------------------------------------------
     def state_spec(self, batch: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -148,7 +148,7 @@ class MemoryCore(nn.Module):
             if length not in masks:
                 masks[length] = self._attention_mask(mvalid, ctx, h.dtype)
             attn = block.attend(q_rot.transpose(1, 2), keys, values, masks[length])
-            if self.after_attention:
+            if self.memory_changes_attention:
                 attn = self.memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
             h = block.finish(h, attn)
         y, state = self.memory.write(h, state, ctx)
