@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import VARIANTS
 from memstream.memory import CoreConfig, MemoryCore
-from memstream.memory.layers import Rotary
+from memstream.memory.layers import Rotary, rotation_tables
 from memstream.pipelines.core_bench import state_bytes
 
 B = 3
@@ -321,6 +321,18 @@ def test_rotary_tables_shape():
     cos, sin = Rotary(8, 10000.0)(torch.arange(10).view(2, 5))
     assert cos.shape == sin.shape == (2, 1, 5, 4)
     torch.testing.assert_close(cos**2 + sin**2, torch.ones_like(cos))
+
+
+def test_token_tables_equal_the_tables_made_from_half_width_ones():
+    """The step's token-major full-width tables are the numbers rotation_tables makes from forward's, exactly, also
+    far into a stream (positions past 2^20 use every digit)."""
+    rotary = Rotary(16, 10000.0)
+    pos = torch.tensor([[0, 1, 2, 3], [2**20 + 5, 2**20 + 6, 2**33 + 7, 10**9]])
+    cos, sin = rotary(pos)  # (B, 1, N, Dh/2)
+    cos_full, sin_signed = rotation_tables(*(c.transpose(1, 2).unsqueeze(2) for c in (cos, sin)))
+    token_cos, token_sin = rotary.token_tables(pos)
+    assert token_cos.shape == token_sin.shape == (2, 4, 1, 1, 16)
+    assert torch.equal(token_cos, cos_full) and torch.equal(token_sin, sin_signed)
 
 
 def test_core_state_spec_matches_init_state(variant, make_core):
