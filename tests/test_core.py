@@ -376,3 +376,59 @@ def test_eager_inference_shortcuts_equal_the_graph_path(variant, make_core, stre
                 torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=f"state.{f} at step {i}")
             else:
                 assert torch.equal(a, b), f"state.{f} at step {i}"
+
+
+# -- the blocks' kept tensors ------------------------------------------------------------------------------
+def _modifications():
+    """Changes a user may make to a trained core, each as (name, fn(core))."""
+
+    def replace_parameter(core):
+        qkv = core.blocks[0].qkv
+        qkv.weight = torch.nn.Parameter(qkv.weight.detach() * 1.5)
+
+    def replace_submodule(core):
+        old = core.blocks[1].out
+        new = torch.nn.Linear(old.in_features, old.out_features)
+        with torch.no_grad():
+            new.weight.copy_(old.weight.flip(0))
+            new.bias.copy_(old.bias + 0.1)
+        core.blocks[1].out = new
+
+    def update_in_place(core):
+        with torch.no_grad():
+            core.blocks[0].ff[2].weight.mul_(2.0)
+            core.blocks[1].norm1.bias.add_(0.3)
+
+    def change_norm_setting(core):
+        core.blocks[1].norm2.eps = 0.5
+
+    def load_with_assign(core):
+        sd = {k: v * 0.9 if k.endswith("qkv.bias") else v for k, v in core.state_dict().items()}
+        core.load_state_dict(sd, assign=True)
+
+    return [replace_parameter, replace_submodule, update_in_place, change_norm_setting, load_with_assign]
+
+
+@pytest.mark.parametrize("modify", _modifications(), ids=lambda f: f.__name__)
+def test_blocks_use_their_current_parameters(modify, make_core, stream):
+    """The blocks keep their tensors between steps (Block.tensors); a step after any change to the parameters (in
+    place, replaced, a new submodule, a norm setting, load_state_dict(assign=True)) must compute with the new ones,
+    exactly as a core built with them from the start."""
+    core = make_core("queue")
+    t = core.cfg.segment
+    x = stream(B, 2, t, core.cfg.dim, seed=12)
+    reset, mask = torch.zeros(B, dtype=torch.bool), _ones(B, t)
+    with torch.no_grad():
+        core.step(x[:, :t], core.init_state(B), reset, mask)  # the blocks now keep their tensors
+        before, _ = core.step(x[:, t:], core.init_state(B), reset, mask)
+    modify(core)
+    fresh = make_core("queue")
+    fresh.load_state_dict(core.state_dict())
+    for ours, theirs in zip(core.blocks, fresh.blocks, strict=True):
+        ours_eps = (ours.norm1.eps, ours.norm2.eps)
+        theirs.norm1.eps, theirs.norm2.eps = ours_eps
+    with torch.no_grad():
+        after, _ = core.step(x[:, t:], core.init_state(B), reset, mask)
+        expected, _ = fresh.step(x[:, t:], fresh.init_state(B), reset, mask)
+    assert not torch.equal(after, before), "the modification changed nothing: the test would prove nothing"
+    assert torch.equal(after, expected)
