@@ -214,6 +214,13 @@ class Block(nn.Module):
         self.__dict__["_kept_tensors"] = (registries, names, kept_values, tensors)  # plain: not state, not a module
         return tensors
 
+    def __getstate__(self) -> dict:
+        # Not the kept tensors: unpickling (and deepcopy) rebuild a module's __dict__ from this state, so kept
+        # references to the old registries would no longer see changes to the new module.
+        state = self.__dict__.copy()
+        state.pop("_kept_tensors", None)
+        return state
+
     def split_heads(self, x: Tensor) -> Tensor:
         """(B, N, D) -> (B, H, N, Dh)."""
         b, n, _ = x.shape

@@ -432,3 +432,28 @@ def test_blocks_use_their_current_parameters(modify, make_core, stream):
         expected, _ = fresh.step(x[:, t:], fresh.init_state(B), reset, mask)
     assert not torch.equal(after, before), "the modification changed nothing: the test would prove nothing"
     assert torch.equal(after, expected)
+
+
+@pytest.mark.parametrize("duplicate", ["deepcopy", "pickle"])
+def test_copied_blocks_use_their_own_parameters(duplicate, make_core, stream):
+    """A copied core (deepcopy, or a pickle round trip as torch.save of a whole model does) keeps no tensors of the
+    original: a norm setting changed on the copy is used by the copy, and the original is untouched."""
+    import copy
+    import pickle
+
+    core = make_core("queue")
+    t = core.cfg.segment
+    x = stream(B, 2, t, core.cfg.dim, seed=13)[:, :t]
+    reset, mask = torch.zeros(B, dtype=torch.bool), _ones(B, t)
+    with torch.no_grad():
+        before, _ = core.step(x, core.init_state(B), reset, mask)  # the blocks now keep their tensors
+    twin = copy.deepcopy(core) if duplicate == "deepcopy" else pickle.loads(pickle.dumps(core))
+    twin.blocks[1].norm2.eps = 0.5
+    fresh = make_core("queue")
+    fresh.blocks[1].norm2.eps = 0.5
+    with torch.no_grad():
+        after, _ = twin.step(x, twin.init_state(B), reset, mask)
+        expected, _ = fresh.step(x, fresh.init_state(B), reset, mask)
+        again, _ = core.step(x, core.init_state(B), reset, mask)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, expected) and torch.equal(again, before)
