@@ -198,19 +198,17 @@ class Block(nn.Module):
             registries, names, values, tensors = kept
             if all(map(operator.is_, map(dict.get, registries, names), values)):  # C-level loop: ~1 µs
                 return tensors
-        entries, values, seen = [], [], set()  # (registry, name, value) to check, in lookup order
+        checks, values = {}, []  # (registry id, name) -> (registry, name, value): each lookup checked once
         for path, name in _BLOCK_TENSORS:
             module = self
             for part in path:
-                parent, module = module, module._modules[part]
-                if (id(parent), part) not in seen:
-                    seen.add((id(parent), part))
-                    entries.append((parent._modules, part, module))
+                registry, module = module._modules, module._modules[part]
+                checks[id(registry), part] = (registry, part, module)
             registry = module._parameters if name in module._parameters else module.__dict__
-            entries.append((registry, name, registry[name]))
+            checks[id(registry), name] = (registry, name, registry[name])
             values.append(registry[name])
         tensors = BlockTensors(*values)
-        registries, names, kept_values = zip(*entries)
+        registries, names, kept_values = zip(*checks.values())
         self.__dict__["_kept_tensors"] = (registries, names, kept_values, tensors)  # plain: not state, not a module
         return tensors
 
