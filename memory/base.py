@@ -17,7 +17,6 @@ class StepContext:
 
     Attributes:
         mask: (B, T) bool, valid segment tokens (a prefix: padding only at the end).
-        n: (B,) int64 number of valid tokens.
         pos: (B, T) int64 stream positions of the segment's tokens.
         token_pos: (B, N) int64 stream positions of the N tokens the blocks run over, set by a memory whose
             tokens are not just the segment's; None means ``pos``.
@@ -33,7 +32,6 @@ class StepContext:
     """
 
     mask: Tensor
-    n: Tensor
     pos: Tensor
     own_state: bool = False
     eager_inference: bool = False
@@ -41,6 +39,15 @@ class StepContext:
     token_pos: Tensor | None = None
     seg_mask: Tensor | None = None
     extra: dict = field(default_factory=dict)
+    _n: Tensor | None = field(default=None, init=False, repr=False)
+
+    @property
+    def n(self) -> Tensor:
+        """(B,) int64 number of valid tokens; counted when first asked for (a full step in eager inference that never
+        asks saves the op). Not functools.cached_property: its lock (Python 3.11) stops torch.compile."""
+        if self._n is None:
+            self._n = self.mask.sum(1)
+        return self._n
 
 
 class MemoryType(nn.Module):

@@ -20,6 +20,8 @@ from memstream.memory.layers import (
     Rotary,
     additive,
     attention_mask,
+    block_finish,
+    block_qkv,
     rotate_full,
     segment_mask,
     within_segments,
@@ -132,26 +134,30 @@ class MemoryCore(nn.Module):
         # The reset made every state tensor anew; with autograd off nothing else holds them (autograd may save
         # them for backward), so the memory may write into them in place.
         own = cleared and not torch.is_grad_enabled()
-        ctx = StepContext(mask=mask, n=mask.sum(1), pos=pos, own_state=own, eager_inference=eager, full=full)
+        ctx = StepContext(mask=mask, pos=pos, own_state=own, eager_inference=eager, full=full)
         h = self.memory.begin(x, state, ctx, self.rotary)
         n_tokens = h.shape[1]
         # The blocks run token-major, (B, N, H, Dh): the projection's own layout, the one SDPA's CPU kernel
         # reads and writes, and the queue's slot-major rows, so no layer copies a transposed tensor.
         cos, sin = self.rotary.token_tables(ctx.pos if ctx.token_pos is None else ctx.token_pos)  # (B, N, 1, 1, Dh)
         masks: dict[int, Tensor | None] = {}  # attention masks by memory length, shared by the layers
+        memory, heads, head_dim = self.memory, self.cfg.heads, self.cfg.head_dim
+        # Each layer is the block's math on its kept tensors, called here rather than through the block's methods:
+        # at batch 1 every Python call between the small ops shows in the step time (2-3% for these four per layer).
         for layer, block in enumerate(self.blocks):
-            qkv = block.qkv_tokens(h)  # (B, N, 3, H, Dh)
+            w = block.tensors()
+            qkv = block_qkv(w, h, heads, head_dim)  # (B, N, 3, H, Dh)
             q_rot, k_rot = rotate_full(qkv.narrow(2, 0, 2), cos, sin).unbind(2)  # q and k rotated in one go
             q, k, v = qkv.unbind(2)
-            keys, values, mvalid = self.memory.context(layer, block, k_rot, v, state, ctx)  # (B, H, M + N, Dh)
+            keys, values, mvalid = memory.context(layer, block, k_rot, v, state, ctx)  # (B, H, M + N, Dh)
             length = keys.shape[2] - n_tokens
             if length not in masks:
                 masks[length] = self._attention_mask(mvalid, ctx, h.dtype)
-            attn = block.attend(q_rot.transpose(1, 2), keys, values, masks[length])
+            attn = F.scaled_dot_product_attention(q_rot.transpose(1, 2), keys, values, attn_mask=masks[length])
             if self.memory_changes_attention:
-                attn = self.memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
-            h = block.finish(h, attn)
-        y, state = self.memory.write(h, state, ctx)
+                attn = memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
+            h = block_finish(w, h, attn, block.current_dropout)
+        y, state = memory.write(h, state, ctx)
         norm = self.norm  # functionally: a module call costs as much as the norm itself here
         return F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps), state
 

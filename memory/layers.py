@@ -161,6 +161,25 @@ _BLOCK_TENSORS = (
 )
 
 
+def block_qkv(w: BlockTensors, h: Tensor, heads: int, head_dim: int) -> Tensor:
+    """A block's first half on its tensors ``w``: h: (B, N, D) -> unrotated q, k, v token-major (B, N, 3, H, Dh), a
+    view of one projection."""
+    b, n, _ = h.shape
+    x = F.layer_norm(h, w.norm1_shape, w.norm1_weight, w.norm1_bias, w.norm1_eps)
+    return F.linear(x, w.qkv_weight, w.qkv_bias).view(b, n, 3, heads, head_dim)
+
+
+def block_finish(w: BlockTensors, h: Tensor, attn: Tensor, dropout: float) -> Tensor:
+    """A block's second half on its tensors ``w``: h: (B, T, D) residual stream, attn: (B, H, T, Dh) -> (B, T, D);
+    ``dropout`` 0 for none (eval)."""
+    b, _, t, _ = attn.shape
+    a = F.linear(attn.transpose(1, 2).reshape(b, t, -1), w.out_weight, w.out_bias)
+    h = h + (F.dropout(a, dropout, True) if dropout else a)
+    f = F.layer_norm(h, w.norm2_shape, w.norm2_weight, w.norm2_bias, w.norm2_eps)
+    f = F.linear(F.gelu(F.linear(f, w.up_weight, w.up_bias)), w.down_weight, w.down_bias)
+    return h + (F.dropout(f, dropout, True) if dropout else f)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block whose attention runs over ``[memory ; segment]``.
 
@@ -230,10 +249,7 @@ class Block(nn.Module):
 
     def qkv_tokens(self, h: Tensor) -> Tensor:
         """h: (B, N, D) -> unrotated q, k, v token-major: (B, N, 3, H, Dh), a view of one projection."""
-        b, n, _ = h.shape
-        w = self.tensors()
-        x = F.layer_norm(h, w.norm1_shape, w.norm1_weight, w.norm1_bias, w.norm1_eps)
-        return F.linear(x, w.qkv_weight, w.qkv_bias).view(b, n, 3, self.heads, self.head_dim)
+        return block_qkv(self.tensors(), h, self.heads, self.head_dim)
 
     @staticmethod
     def rotate_heads(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -259,13 +275,9 @@ class Block(nn.Module):
 
     def finish(self, h: Tensor, attn: Tensor) -> Tensor:
         """h: (B, T, D) residual stream, attn: (B, H, T, Dh) -> (B, T, D)."""
-        b, _, t, _ = attn.shape
-        # Written out flat: this runs for every layer of every step, where a few Python calls more are a visible
-        # share of a step at batch 1.
-        w = self.tensors()
-        drop = self.training and self.dropout > 0
-        a = F.linear(attn.transpose(1, 2).reshape(b, t, -1), w.out_weight, w.out_bias)
-        h = h + (F.dropout(a, self.dropout, True) if drop else a)
-        f = F.layer_norm(h, w.norm2_shape, w.norm2_weight, w.norm2_bias, w.norm2_eps)
-        f = F.linear(F.gelu(F.linear(f, w.up_weight, w.up_bias)), w.down_weight, w.down_bias)
-        return h + (F.dropout(f, self.dropout, True) if drop else f)
+        return block_finish(self.tensors(), h, attn, self.current_dropout)
+
+    @property
+    def current_dropout(self) -> float:
+        """The dropout probability in the block's current mode: 0 in eval."""
+        return self.dropout if self.training else 0.0

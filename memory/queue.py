@@ -58,11 +58,8 @@ class QueueMemory(MemoryType):
         return self.gate(masked_mean(x, mask)).squeeze(-1)
 
     def begin(self, x, state, ctx, rotary):
-        if self.gate is None:
-            ctx.extra["n_write"] = ctx.n
-        else:
-            keep = self.gate_logits(x, ctx.mask) > 0
-            ctx.extra["n_write"] = torch.where(keep, ctx.n, torch.zeros_like(ctx.n))
+        if self.gate is not None:
+            ctx.extra["keep"] = self.gate_logits(x, ctx.mask) > 0  # from the segment's input tokens
         if ctx.eager_inference:
             # [memory ; segment] of every layer in one buffer per step: each layer writes its segment's keys into
             # it and attends over a view, and the new queue is read out of it, so no layer concatenates and the
@@ -110,13 +107,13 @@ class QueueMemory(MemoryType):
         # offset n_write, one code path for full, padded and gated-out segments.
         b, t = ctx.mask.shape
         m = self.capacity
-        n_write = ctx.extra["n_write"]
         buffers = ctx.extra.get("buffers")
         shift = None  # how many tokens every stream writes, where that is one number known without a device sync
-        if buffers is not None:
-            if self.gate is None and ctx.full:
-                shift = t
-            elif n_write.device.type == "cpu" and bool((n_write == n_write[0]).all()):
+        if buffers is not None and self.gate is None and ctx.full:
+            shift = t
+        else:
+            n_write = ctx.n if self.gate is None else torch.where(ctx.extra["keep"], ctx.n, torch.zeros_like(ctx.n))
+            if buffers is not None and n_write.device.type == "cpu" and bool((n_write == n_write[0]).all()):
                 shift = int(n_write[0])
         if shift is not None:
             # Eager inference, every stream writing as many tokens (full segments, the steady state): the rows

@@ -162,7 +162,7 @@ def _ctx(core, x, state) -> StepContext:
     """The StepContext of one step after the memory's ``begin`` (x: (B, T, D))."""
     b, t, _ = x.shape
     mask = torch.ones(b, t, dtype=torch.bool)
-    ctx = StepContext(mask=mask, n=mask.sum(1), pos=state.step.unsqueeze(1) * t + torch.arange(t))
+    ctx = StepContext(mask=mask, pos=state.step.unsqueeze(1) * t + torch.arange(t))
     core.memory.begin(x, state, ctx, core.rotary)
     return ctx
 
