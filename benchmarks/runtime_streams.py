@@ -13,14 +13,17 @@ Prints one JSON object:
   sequential figure beside it);
 - ``model_only``: the bare ``backend.step`` at batch 1 and N (no runner), the ceiling batching can reach;
 - ``speedup_vs_one_stream_per_repeat``: batched(N) / batched(1) within each repeat, the spread behind the median
-  (on a shared 2-core machine runs of the same code differ by 20% and more).
+  (on a shared 2-core machine runs of the same code differ by 20% and more);
+- ``speedup_vs_one_stream_reader_threads``, ``throughput_reader_threads``, ``runtime_overhead_ms_reader_threads``:
+  batched again with a reader thread per source, as live sources (cameras, microphones, network streams) have.
 
 With ``--device cuda`` every step time includes the GPU's work: the backend returns the outputs on the CPU.
 ``--backend onnx`` runs the step exported to ONNX (a temporary file) in ONNX Runtime, ``--threads`` intra-op
 threads, the CUDA provider with ``--device cuda``.
 
-Sources are in memory (one packet per segment of 16 kHz mono noise), so decoding does not dominate. Every
-repeat runs every configuration in turn (interleaved) and the medians are reported.
+Sources are in memory (one packet per segment of 16 kHz mono noise), so decoding does not dominate; like local
+audio files they are read on the runner's loop (``Source.read_on_loop``). Every repeat runs every configuration in
+turn (interleaved) and the medians are reported.
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ from memstream.pipelines.streams import Packet, Source, SourceInfo
 
 
 class MemorySource(Source):
-    """Pre-made audio packets, no pacing."""
+    """Pre-made audio packets, no pacing; read on the runner's loop like a local audio file, or (``read_on_loop``
+    False) by a reader thread of its own, as a live source is."""
 
-    def __init__(self, name: str, packets: list[Packet]) -> None:
-        self.name, self.packets = name, packets
+    def __init__(self, name: str, packets: list[Packet], read_on_loop: bool = True) -> None:
+        self.name, self.packets, self.read_on_loop = name, packets, read_on_loop
 
     def open(self) -> SourceInfo:
         self.info = SourceInfo("audio", 16000, 1)
@@ -64,13 +68,13 @@ def make_packets(task: CoreProbeTask, segments: int, seed: int) -> list[Packet]:
     return [Packet(x[i:i + n], i / 16000) for i in range(0, len(x), n)]
 
 
-def run_once(task, backend, packets: list[list[Packet]], sequential: bool) -> dict:
+def run_once(task, backend, packets: list[list[Packet]], sequential: bool, reader_threads: bool = False) -> dict:
     n = len(packets)
     sink = JsonlSink(os.devnull)  # events serialised as in a real run, then dropped
     runner = StreamRunner(task, backend, [sink], max_streams=n, batch_timeout=0.005,
                           max_batch=1 if sequential else None, queue_size=8)
     for k, p in enumerate(packets):
-        runner.add(MemorySource(f"m{k}", p))
+        runner.add(MemorySource(f"m{k}", p, read_on_loop=not reader_threads))
     t0 = time.perf_counter()
     summary = runner.run()
     wall = time.perf_counter() - t0
@@ -153,8 +157,9 @@ def measure(args, task, backend, counts: list[int]) -> dict:
     models: dict[int, list[float]] = {}
     for _ in range(args.repeats):
         for n in counts:
-            for mode in ("batched", "sequential"):
-                runs.setdefault((n, mode), []).append(run_once(task, backend, packets[:n], mode == "sequential"))
+            for mode in ("batched", "sequential", "batched_reader_threads"):
+                runs.setdefault((n, mode), []).append(run_once(task, backend, packets[:n], mode == "sequential",
+                                                               mode == "batched_reader_threads"))
             models.setdefault(n, []).append(model_only(task, backend, n))
         models.setdefault(1, [])
         if 1 not in counts:
@@ -179,6 +184,14 @@ def measure(args, task, backend, counts: list[int]) -> dict:
                                for n in counts},
         "speedup_vs_one_stream": ({str(n): round(med(n, "batched", "throughput") / base, 3) for n in counts}
                                   if base else None),
+        # The same with a reader thread per source (as live sources have), in the same repeats.
+        "speedup_vs_one_stream_reader_threads": (
+            {str(n): round(med(n, "batched_reader_threads", "throughput")
+                           / med(1, "batched_reader_threads", "throughput"), 3) for n in counts} if base else None),
+        "throughput_reader_threads": {str(n): round(med(n, "batched_reader_threads", "throughput"), 1)
+                                      for n in counts},
+        "runtime_overhead_ms_reader_threads": {str(n): round(med(n, "batched_reader_threads", "overhead_ms"), 4)
+                                               for n in counts},
         "runtime_overhead_ms": {str(n): round(med(n, "batched", "overhead_ms"), 4) for n in counts},
         "runtime_overhead_ms_sequential": {str(n): round(med(n, "sequential", "overhead_ms"), 4) for n in counts},
         "model_step_ms_per_segment": {str(n): round(med(n, "batched", "step_ms"), 4) for n in counts},

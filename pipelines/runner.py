@@ -1,6 +1,8 @@
 """The runtime: one model over N live streams in one process.
 
     reader thread per source: Source --Packet--> Segmenter --Segment--> bounded queue
+        (a source that can be read on the loop (``Source.read_on_loop``: in memory, a local audio file) has no thread:
+        the model loop reads it when its stream needs the next segment)
     model loop (caller's thread): streams with a segment ready -> gather their state rows -> task.encode
         -> backend.step (reset for streams on their first segment) -> scatter the rows back
         -> each stream's decoder -> events (+ ``stream``, ``time``) -> sinks
@@ -85,6 +87,7 @@ class _Stream:
     own_sinks: list = field(default_factory=list)  # the stream's own: finished and closed when it ends
     segments_dropped: int = 0
     opening: bool = False  # its reader is inside source.open() (which may wait for a live source)
+    reading: Iterator[None] | None = None  # a source read on the model loop: its reading, advanced packet by packet
 
 
 def _finish_sink(sink, summary: dict) -> Exception | None:
@@ -212,6 +215,9 @@ class StreamRunner:
             st = self._waiting.popleft()
             st.slot = self._free.pop(0)
             self._active.append(st)
+            if getattr(st.source, "read_on_loop", False):
+                st.reading = self._reading(st)  # advanced by the model loop (_read_on_loop)
+                continue
             st.thread = threading.Thread(target=self._read, args=(st,), name=f"memstream-source-{st.id}",
                                          daemon=True)
             st.thread.start()
@@ -229,7 +235,9 @@ class StreamRunner:
             while st.latest and st.queue:  # `latest` never builds a backlog: the newest segment goes next
                 st.queue.popleft()
                 st.segments_dropped += 1
-            while len(st.queue) >= self.queue_size:
+            # A source read on the loop never waits: the loop reads it only when its queue is empty, so at most one
+            # packet's segments are queued.
+            while st.reading is None and len(st.queue) >= self.queue_size:
                 if self._stop.is_set():
                     return False
                 st.space.wait(0.05)
@@ -238,8 +246,20 @@ class StreamRunner:
         return True
 
     def _read(self, st: _Stream) -> None:
-        """Reader thread: source -> segmenter -> queue. The data a stream delivered before it ended, left
-        (``remove``) or failed is flushed as a last padded segment; after ``stop()`` nothing more is queued."""
+        """Reader thread: the stream's whole reading."""
+        for _ in self._reading(st):
+            pass
+
+    def _read_on_loop(self, st: _Stream) -> None:
+        """The model loop reads a ``read_on_loop`` source until its stream has a segment queued or has ended."""
+        while not st.queue and not st.done_reading:
+            next(st.reading, None)
+
+    def _reading(self, st: _Stream) -> Iterator[None]:
+        """source -> segmenter -> queue, pausing after each packet (a reader thread runs it through; the model loop
+        advances it for a source read on the loop). The data a stream delivered before it ended, left (``remove``)
+        or failed is flushed as a last padded segment; after ``stop()`` (or ``close()`` of this generator) nothing
+        more is queued."""
         source = st.source
         status, error, segmenter, stopped, info = "ended", None, None, False, None
         try:
@@ -283,6 +303,9 @@ class StreamRunner:
                 if not all(self._put(st, s) for s in segments):
                     stopped = True
                     break
+                yield
+        except GeneratorExit:  # closed while paused (the run ends): as after stop(), without another yield
+            stopped = True
         except Exception as e:  # a broken source ends its own stream only
             if info is None and st.stop.is_set():  # removed while its source opened (cancel() ended the wait)
                 status = "removed"
@@ -320,6 +343,9 @@ class StreamRunner:
         """(batch of (stream, segment, ready time), retired streams), or None when every stream is done."""
         with self._cond:
             while not self._stop.is_set():
+                for s in self._active:
+                    if s.reading is not None and not s.queue and not s.done_reading:
+                        self._read_on_loop(s)
                 retired = [s for s in self._active if s.done_reading and not s.queue]
                 if retired:
                     return [], retired
@@ -464,8 +490,10 @@ class StreamRunner:
             for st in leftover:
                 _cancel_open(st)
             for st in leftover:
-                if st.thread is None and st.opened:
-                    st.source.close()  # never started: it waited for a slot
+                if st.reading is not None:
+                    st.reading.close()  # a reading paused on the loop ends as after stop() and closes its source
+                if st.thread is None and st.opened and not st.done_reading:
+                    st.source.close()  # never started reading: it waited for a slot (or for the loop)
                 if st.thread is not None:
                     st.thread.join(timeout=0.5)  # a reader stuck in a blocking read is a daemon: left behind
                 finished = st.status == "error" or (st.done_reading and not st.queue)

@@ -78,6 +78,11 @@ class Source(abc.ABC):
     name: str
     info: SourceInfo
     stats: SourceStats
+    # True where reading never waits for the world outside the process and costs little per packet (data in memory,
+    # a local audio file): the runner then reads the source on its own loop thread when the stream needs its next
+    # segment, instead of giving it a reader thread. A reader thread takes the GIL from the model loop for every
+    # packet; with many streams those hand-overs cost the loop more than the reading itself.
+    read_on_loop: bool = False
 
     @abc.abstractmethod
     def open(self) -> SourceInfo: ...

@@ -38,8 +38,11 @@ class ListSource(Source):
     """Packets from memory. ``delay``: seconds slept before every ``burst``-th packet; ``fail_after``: raise
     after that many packets; ``gate``: an Event waited on before each packet (a stalled live source)."""
 
-    def __init__(self, name, kind, rate, packets, channels=1, delay=0.0, burst=1, fail_after=None, gate=None):
+    def __init__(self, name, kind, rate, packets, channels=1, delay=0.0, burst=1, fail_after=None, gate=None,
+                 read_on_loop=False):
         self.name, self.packets, self.delay, self.burst = name, packets, delay, burst
+        self.read_on_loop = read_on_loop
+        self.packets_read = 0
         self.fail_after, self.gate = fail_after, gate
         self._info = SourceInfo(kind, rate, channels)
         self.closed = False
@@ -56,6 +59,7 @@ class ListSource(Source):
                 self.gate.wait()
             if self.delay and i % self.burst == 0:
                 time.sleep(self.delay)
+            self.packets_read += 1
             yield packet
 
     def close(self):
@@ -186,6 +190,67 @@ def test_batched_streams_equal_each_alone(audio_task):
         alone, _ = run(audio_task, [audio_source(f"s{k}", x, 1280)])
         torch.testing.assert_close(outputs(together[str(k)]), outputs(alone["0"]), atol=1e-5, rtol=1e-5)
         assert_events_close(events(together[str(k)]), events(alone["0"]))
+
+
+def test_sources_read_on_the_loop_equal_reader_threads(audio_task):
+    """Sources read on the model loop (no reader thread) give what reader threads give, beside thread-read streams
+    in the same batches and with packets of any size; no thread is started for them."""
+    xs = [audio(s, seed=k) for k, s in enumerate((0.9, 1.3, 0.5, 0.7))]
+    sizes = (160, 3000, 16000, 640)
+
+    def sources(on_loop):
+        return [audio_source(f"s{k}", x, n, read_on_loop=on_loop(k)) for k, (x, n) in enumerate(zip(xs, sizes))]
+
+    threads, _ = run(audio_task, sources(lambda k: False), batch_timeout=0.2)
+    started = threading.active_count()
+    runner = StreamRunner(audio_task, TorchBackend(audio_task.model), max_streams=4, batch_timeout=0.2)
+    mixed_sources = sources(lambda k: k % 2 == 0)  # streams 0 and 2 on the loop, 1 and 3 with reader threads
+    for src in mixed_sources:
+        runner.add(src)
+    assert threading.active_count() == started + 2
+    mixed: dict[str, list] = {}
+    for r in runner.results():
+        mixed.setdefault(r.stream, []).append(r)
+    assert runner.summary["total"]["mean_batch"] > 1.2
+    assert all(src.closed for src in mixed_sources)
+    for k in range(4):
+        torch.testing.assert_close(outputs(mixed[str(k)]), outputs(threads[str(k)]), atol=1e-5, rtol=1e-5)
+        assert_events_close(events(mixed[str(k)]), events(threads[str(k)]))
+        assert runner.summary["streams"][str(k)]["status"] == "ended"
+
+
+def test_a_source_read_on_the_loop_is_read_as_its_stream_needs_it(audio_task):
+    """The loop reads such a source one segment ahead at most: a run closed early has read only that much, and the
+    source is closed and its stream recorded as stopped."""
+    x = audio(3.0, 30)
+    src = audio_source("mem", x, audio_task.segment_size, read_on_loop=True)
+    runner = StreamRunner(audio_task, TorchBackend(audio_task.model), max_streams=1)
+    runner.add(src)
+    results = runner.results()
+    got = [next(results) for _ in range(3)]
+    assert [r.index for r in got] == [0, 1, 2] and src.packets_read == 3
+    results.close()
+    assert src.closed and runner.summary["streams"]["0"]["status"] == "stopped"
+
+
+def test_a_failing_or_removed_source_read_on_the_loop_ends_only_its_stream(audio_task):
+    x = audio(0.8, 31)
+    bad = audio_source("bad", audio(2.0, 32), 640, fail_after=5, read_on_loop=True)
+    good = audio_source("good", x, 640, read_on_loop=True)
+    got, summary = run(audio_task, [bad, good])
+    alone, _ = run(audio_task, [audio_source("good", x, 640)])
+    torch.testing.assert_close(outputs(got["1"]), outputs(alone["0"]), atol=1e-5, rtol=1e-5)
+    rows = summary["streams"]
+    assert rows["0"]["status"] == "error" and "decoder exploded" in rows["0"]["error"] and bad.closed
+    assert rows["0"]["samples_in"] == 5 * 640 and rows["1"]["status"] == "ended"
+
+    leaver = _RemoveOn("0", 2)
+    runner = StreamRunner(audio_task, TorchBackend(audio_task.model), [leaver], max_streams=1)
+    leaver.runner = runner
+    runner.add(audio_source("long", audio(3.0, 33), 320, read_on_loop=True))
+    left = list(runner.results())
+    assert runner.summary["streams"]["0"]["status"] == "removed"
+    assert 3 <= len(left) < 3.0 * RATE / audio_task.segment_size
 
 
 def test_outputs_reach_decoders_as_numpy_rows(audio_task):
