@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import onnx
 import torch
+from memstream.memory.core import ONNX_STANDARD_OPS
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ def export_step(model: nn.Module, path: str | os.PathLike, x: Tensor, *, opset: 
         model: module with ``step``/``init_state`` (in eval mode for export).
         path: output ``.onnx`` file.
         x: an example segment input, (B, T, ...) with B >= 2 (batch is exported dynamic).
-        opset: 23 (standard Attention op) or 18 (decomposed attention, for older runtimes).
+        opset: 23 (the core's attention and rotary positions as the standard Attention and RotaryEmbedding ops) or
+            18 (both decomposed, for older runtimes).
         metadata: extra entries for ``metadata_props`` (e.g. sample rate, labels); values JSON-encoded.
         extra: example tensors of further named step inputs (batch first, batch as ``x``), passed to ``step``
             by keyword; recorded in the metadata as ``extra_inputs``.
@@ -138,10 +140,14 @@ def export_step(model: nn.Module, path: str | os.PathLike, x: Tensor, *, opset: 
         # torch.export's deprecation chatter and a note on the shared batch axis name: not ours to fix.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", message=".*axis name.*")
-        program = torch.onnx.export(
-            wrapper, args, dynamo=True, opset_version=opset, input_names=inputs, output_names=outs,
-            dynamic_shapes=_dynamic_shapes(len(fields), len(extra)), optimize=True, verbose=False,
-        )
+        standard_ops = ONNX_STANDARD_OPS.set(opset >= 23)  # the core's rotary and attention as ONNX's own ops
+        try:
+            program = torch.onnx.export(
+                wrapper, args, dynamo=True, opset_version=opset, input_names=inputs, output_names=outs,
+                dynamic_shapes=_dynamic_shapes(len(fields), len(extra)), optimize=True, verbose=False,
+            )
+        finally:
+            ONNX_STANDARD_OPS.reset(standard_ops)
     mutated = program.exported_program.graph_signature.buffers_to_mutate
     if mutated:
         raise ExportError(f"step updates buffers in place ({', '.join(sorted(set(mutated.values())))}): the exported "

@@ -100,6 +100,17 @@ class MemoryType(nn.Module):
         mk, mv, mvalid = memory
         return torch.cat((mk, k_heads), dim=2), torch.cat((mv, v_heads), dim=2), mvalid
 
+    def context_flat(self, layer: int, block: Block, k_rot: Tensor, v: Tensor, state: NamedTuple,
+                     ctx: StepContext) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`context` token-major with the heads side by side, as ONNX's 3-D Attention op takes it: ``k_rot``,
+        ``v``: (B, N, H * Dh) -> keys, values: (B, M + N, H * Dh) and the memory's valid. Only an ONNX export at
+        opset >= 23 calls it. The default goes through :meth:`context`; a memory that keeps its entries
+        token-major overrides it and concatenates without a transpose."""
+        heads, head_dim = self.cfg.heads, self.cfg.head_dim
+        keys, values, valid = self.context(layer, block, k_rot.unflatten(-1, (heads, head_dim)),
+                                           v.unflatten(-1, (heads, head_dim)), state, ctx)
+        return keys.transpose(1, 2).flatten(2), values.transpose(1, 2).flatten(2), valid
+
     def after_attention(self, layer: int, q: Tensor, k: Tensor, k_rot: Tensor, v: Tensor, attn: Tensor,
                         state: NamedTuple, ctx: StepContext) -> Tensor:
         """Sees the layer's unrotated q/k, rotated k and v token-major (B, N, H, Dh); may change attn (B, H, N, Dh)."""

@@ -55,6 +55,11 @@ class Rotary(nn.Module):
         angle = self.angle(pos).unsqueeze(1)
         return torch.cos(angle), torch.sin(angle)
 
+    def half_tables(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """pos: (B, N) int64 -> cos, sin: (B, N, Dh/2), the caches of ONNX's RotaryEmbedding op (no position ids)."""
+        angle = self.angle(pos)
+        return torch.cos(angle), torch.sin(angle)
+
     def token_tables(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         """pos: (B, N) int64 -> the full-width tables of :func:`rotate_full` for token-major heads, cos_full and
         sin_signed: (B, N, 1, 1, Dh); the same numbers as :func:`rotation_tables` of :meth:`forward`, in fewer
@@ -165,15 +170,25 @@ def block_qkv(w: BlockTensors, h: Tensor, heads: int, head_dim: int) -> Tensor:
     """A block's first half on its tensors ``w``: h: (B, N, D) -> unrotated q, k, v token-major (B, N, 3, H, Dh), a
     view of one projection."""
     b, n, _ = h.shape
+    return block_qkv_flat(w, h).view(b, n, 3, heads, head_dim)
+
+
+def block_qkv_flat(w: BlockTensors, h: Tensor) -> Tensor:
+    """:func:`block_qkv` as the projection gives it: h: (B, N, D) -> [q | k | v] (B, N, 3 * H * Dh)."""
     x = F.layer_norm(h, w.norm1_shape, w.norm1_weight, w.norm1_bias, w.norm1_eps)
-    return F.linear(x, w.qkv_weight, w.qkv_bias).view(b, n, 3, heads, head_dim)
+    return F.linear(x, w.qkv_weight, w.qkv_bias)
 
 
 def block_finish(w: BlockTensors, h: Tensor, attn: Tensor, dropout: float) -> Tensor:
     """A block's second half on its tensors ``w``: h: (B, T, D) residual stream, attn: (B, H, T, Dh) -> (B, T, D);
     ``dropout`` 0 for none (eval)."""
     b, _, t, _ = attn.shape
-    a = F.linear(attn.transpose(1, 2).reshape(b, t, -1), w.out_weight, w.out_bias)
+    return block_finish_tokens(w, h, attn.transpose(1, 2).reshape(b, t, -1), dropout)
+
+
+def block_finish_tokens(w: BlockTensors, h: Tensor, attn: Tensor, dropout: float) -> Tensor:
+    """:func:`block_finish` with the attention output token-major, attn: (B, T, H * Dh)."""
+    a = F.linear(attn, w.out_weight, w.out_bias)
     h = h + (F.dropout(a, dropout, True) if dropout else a)
     f = F.layer_norm(h, w.norm2_shape, w.norm2_weight, w.norm2_bias, w.norm2_eps)
     f = F.linear(F.gelu(F.linear(f, w.up_weight, w.up_bias)), w.down_weight, w.down_bias)

@@ -102,6 +102,23 @@ class QueueMemory(MemoryType):
         values = torch.cat((state.values[:, start:, layer], v), dim=1).transpose(1, 2)
         return keys, values, state.valid[:, start:]
 
+    def context_flat(self, layer, block, k_rot, v, state, ctx):
+        if "buffers" in ctx.extra:  # eager inference: through the buffers' views
+            return super().context_flat(layer, block, k_rot, v, state, ctx)
+        # The entries are token-major already: with the heads flattened once per step for every layer, the segment's
+        # keys join them in one concatenation.
+        ctx.extra["keys"].append(k_rot)  # for write, (B, T, H * Dh)
+        ctx.extra["values"].append(v)
+        m = self.lengths[layer]
+        if m == 0:
+            return k_rot, v, None
+        if "flat" not in ctx.extra:
+            ctx.extra["flat"] = (state.keys.flatten(3), state.values.flatten(3))  # (B, M, L, H * Dh)
+        keys, values = ctx.extra["flat"]
+        start = self.capacity - m
+        return (torch.cat((keys[:, start:, layer], k_rot), dim=1), torch.cat((values[:, start:, layer], v), dim=1),
+                state.valid[:, start:])
+
     def write(self, h, state, ctx):
         # New queue = the last M entries of [memory ; the first n_write segment tokens]: rows taken at
         # offset n_write, one code path for full, padded and gated-out segments.
@@ -142,8 +159,13 @@ class QueueMemory(MemoryType):
         if buffers is not None:
             keys, values = (take(buf) for buf in buffers)
         else:
-            keys = push(state.keys, torch.stack(ctx.extra["keys"], dim=2))  # L x (B, T, H, Dh)
-            values = push(state.values, torch.stack(ctx.extra["values"], dim=2))
+            def stacked(rows: list[Tensor], old: Tensor) -> Tensor:
+                """L x (B, T, H, Dh), or L x (B, T, H * Dh) from context_flat -> (B, T, L, H, Dh)"""
+                new = torch.stack(rows, dim=2)
+                return new if new.dim() == old.dim() else new.unflatten(-1, old.shape[3:])
+
+            keys = push(state.keys, stacked(ctx.extra["keys"], state.keys))
+            values = push(state.values, stacked(ctx.extra["values"], state.values))
         new = QueueState(keys=keys, values=values, valid=push(state.valid, ctx.mask), pos=push(state.pos, ctx.pos),
                          step=state.step + 1)
         return h, new

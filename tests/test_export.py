@@ -21,6 +21,7 @@ from memstream.export import (
     read_metadata,
 )
 from memstream.memory import CoreConfig
+from memstream.memory.core import ONNX_STANDARD_OPS
 from onnx import TensorProto, helper
 from torch import Tensor, nn
 
@@ -90,7 +91,48 @@ def test_attention_op_by_opset(exported):
     if opset >= 23:
         assert "Attention" in ops, sorted(ops)
     else:
-        assert "Attention" not in ops, sorted(ops)
+        assert "Attention" not in ops and "RotaryEmbedding" not in ops, sorted(ops)
+    assert not ONNX_STANDARD_OPS.get(), "export_step left the standard-ops switch on"
+
+
+def test_standard_ops_at_opset_23(exported):
+    """At opset 23 the layers are ONNX's own RotaryEmbedding and 3-D Attention ops (heads as attributes, no
+    transposes around attention); the queue concatenates its token-major entries without any Transpose at all. A
+    memory that changes attention (knn) keeps the 4-D form, its heads separate."""
+    core, _, proto, opset = exported
+    if opset < 23:
+        pytest.skip("the standard ops exist from opset 23")
+    nodes = proto.graph.node
+    attention = [n for n in nodes if n.op_type == "Attention"]
+    rotary = [n for n in nodes if n.op_type == "RotaryEmbedding"]
+    flat = [{a.name: a.i for a in n.attribute if a.name.endswith("num_heads")} for n in attention]
+    flat = [h for h in flat if h]  # 3-D: heads as attributes (tokens' update layer is a plain 4-D block)
+    if core.memory_changes_attention:
+        assert not rotary and not flat, [n.op_type for n in nodes]
+        return
+    assert len(flat) == len(rotary) == core.cfg.layers
+    assert all(h == {"q_num_heads": core.cfg.heads, "kv_num_heads": core.cfg.heads} for h in flat)
+    assert all(a.i == 2 * core.cfg.heads for n in rotary for a in n.attribute if a.name == "num_heads")
+    if core.cfg.memory == "queue":
+        assert "Transpose" not in {n.op_type for n in nodes}
+
+
+def test_standard_ops_switch_is_on_only_inside_the_export(monkeypatch, tmp_path):
+    """The switch is on while torch.onnx.export traces at opset 23, off at 18, and off again after an export that
+    fails."""
+    core = build_core("queue")
+    seen = []
+
+    def failing_export(*args, **kwargs):
+        seen.append((kwargs["opset_version"], ONNX_STANDARD_OPS.get()))
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    for opset in (23, 18):
+        with pytest.raises(RuntimeError, match="exporter failed"):
+            export_step(core, tmp_path / "bad.onnx", torch.zeros(2, core.cfg.segment, core.cfg.dim), opset=opset)
+        assert not ONNX_STANDARD_OPS.get()
+    assert seen == [(23, True), (18, False)]
 
 
 def test_graph_io_names_and_dynamic_batch(exported):
