@@ -37,6 +37,11 @@ def exported(request, tmp_path_factory):
     """(core, path, proto, opset) for one (variant, opset), exported once per module."""
     variant, opset = request.param
     core = build_core(variant, seed=11)
+    with torch.no_grad():  # every norm its own weights: at init they are all ones, and an export that bound the
+        for module in core.modules():  # wrong norm's would still match
+            if isinstance(module, nn.LayerNorm):
+                module.weight.add_(0.2 * torch.randn_like(module.weight))
+                module.bias.add_(0.2 * torch.randn_like(module.bias))
     path = tmp_path_factory.mktemp("onnx") / f"{variant}-{opset}.onnx"
     x = torch.randn(EXPORT_BATCH, core.cfg.segment, core.cfg.dim)
     proto = export_step(core, path, x, opset=opset, metadata=EXTRA_METADATA)
