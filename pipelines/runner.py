@@ -143,6 +143,7 @@ class StreamRunner:
         if queue_size < 1:
             raise ValueError(f"queue_size={queue_size} must be >= 1")
         self.task, self.backend, self.sinks = task, backend, list(sinks)
+        self._flushing = [sink for sink in self.sinks if hasattr(sink, "flush")]  # flushed once per step
         self.max_streams, self.batch_timeout, self.max_batch, self.queue_size = (
             max_streams, batch_timeout, max_batch, queue_size)
         self.stats = RunStats(getattr(task, "name", type(task).__name__),
@@ -415,7 +416,12 @@ class StreamRunner:
             for sink in st.sinks:
                 if hasattr(sink, "write_segment"):
                     sink.write_segment(st.id, seg, events)
+            for sink in st.own_sinks:
+                if hasattr(sink, "flush"):
+                    sink.flush()
             results.append(StreamResult(st.id, seg.index, seg.start, seg.start + seg.duration, out, events, seg))
+        for sink in self._flushing:  # the step's events go out together: one write per sink, not one per event
+            sink.flush()
         done = time.perf_counter()
         for st, seg, ready in batch:
             self.stats.segment_done(st.id, seg.duration, done - ready, (done - t0) / len(batch))
@@ -426,6 +432,9 @@ class StreamRunner:
     def _retire(self, st: _Stream, status: str | None = None) -> None:
         """A stream leaves: flush its decoder, record it, free its slot for the next one."""
         self._emit(st, st.decoder.flush(), st.last_end)
+        for sink in st.sinks:
+            if hasattr(sink, "flush"):
+                sink.flush()
         source_stats = getattr(st.source, "stats", None)
         counts = {k: getattr(source_stats, k, None) for k in ("dropped", "duplicated", "reconnects", "skipped")}
         counts["source_errors"] = list(getattr(source_stats, "errors", None) or [])

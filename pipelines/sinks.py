@@ -4,10 +4,12 @@ Every event a sink receives is a flat JSON-able dict with at least ``stream`` (t
 ``time`` (stream time in seconds); the runner adds both. A sink may also offer
 ``write_segment(stream, segment, events)`` (it then receives each segment with the events it produced,
 for overlays), ``end_stream(stream)`` (a stream has left the run and its last events are written) and
-``finish(summary)`` (it then receives the run summary just before ``close``).
-Every sink survives being closed twice.
+``finish(summary)`` (it then receives the run summary just before ``close``) and ``flush()`` (the runner
+calls it after every step and after a stream leaves, so what the sink buffers goes out once per step rather than
+once per event). Every sink survives being closed twice.
 
-- :class:`JsonlSink`: JSON Lines, one event per line, line-buffered (a killed run keeps every line).
+- :class:`JsonlSink`: JSON Lines, one event per line, written out at every ``flush()`` (a killed run keeps every
+  finished step's lines).
 - :class:`TerminalSink`: a live view (rich) of each stream's last event and rate; one plain status line
   per second when the output is not a terminal.
 - :class:`OverlayVideoSink`: the video segments with the task's ``draw(frame, events)`` on them (OpenCV).
@@ -129,7 +131,11 @@ class Durations:
 
 
 class JsonlSink:
-    """One JSON object per line; ``target`` is a path (created with its folder) or an open text file."""
+    """One JSON object per line; ``target`` is a path (created with its folder) or an open text file.
+
+    Lines are buffered until ``flush()`` (the runner calls it after every step: one write to the file per step, not
+    one per event) or ``close()``.
+    """
 
     def __init__(self, target: str | os.PathLike | IO[str]) -> None:
         if hasattr(target, "write"):
@@ -137,7 +143,7 @@ class JsonlSink:
         else:
             path = Path(target)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file, self._own = open(path, "w", buffering=1, encoding="utf-8"), True
+            self._file, self._own = open(path, "w", encoding="utf-8"), True
         self.count = 0
 
     def write(self, event: Event) -> None:
@@ -147,7 +153,9 @@ class JsonlSink:
             raise ValueError("JsonlSink: write after close")
         self._file.write(to_json(event) + "\n")
         self.count += 1
-        if not self._own:
+
+    def flush(self) -> None:
+        if self._file is not None:
             self._file.flush()
 
     def close(self) -> None:

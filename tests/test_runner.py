@@ -401,6 +401,24 @@ def test_a_stream_can_have_its_own_sinks(audio_task, tmp_path):
     assert closed_while_b_ran  # written when "a" ended, while "b" still ran
 
 
+def test_events_are_in_the_file_after_every_step(audio_task, tmp_path):
+    """The JSON Lines sink buffers; the runner flushes it after every step, so while the run goes on the file holds
+    every event of the steps done (a killed run keeps them), and a stream's end event once the stream has left."""
+    path = tmp_path / "events.jsonl"
+    runner = StreamRunner(audio_task, TorchBackend(audio_task.model), [JsonlSink(path)], max_streams=2)
+    runner.add(audio_source("a", audio(0.4, 31, channels=1), 320), "a")
+    runner.add(audio_source("b", audio(1.0, 32, channels=1), 320), "b")
+    yielded, a_ended = 0, []
+    for r in runner.results():
+        yielded += len(r.events)
+        on_disk = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len([e for e in on_disk if e["type"] == "segment"]) >= yielded
+        if r.stream == "b":
+            a_ended.append(any(e["stream"] == "a" and e["type"] == "end" for e in on_disk))
+    assert not a_ended[0] and a_ended[-2], a_ended  # on disk while b still ran
+    assert len(path.read_text().splitlines()) == yielded + 2  # and each stream's end
+
+
 def test_remove_lets_a_stream_leave(audio_task):
     x = audio(3.0, 16)
     leaver = _RemoveOn("0", 2)

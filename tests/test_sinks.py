@@ -51,7 +51,8 @@ def test_jsonl_sink(tmp_path):
     sink.write({"stream": "0", "time": np.float32(0.5), "n": np.int64(3), "v": torch.tensor([1.0, 2.0]),
                 "bad": float("nan")})
     sink.write({"stream": "1", "time": 1.0, "type": "segment"})
-    assert len(path.read_text().splitlines()) == 2  # line-buffered: on disk before close
+    sink.flush()
+    assert len(path.read_text().splitlines()) == 2  # on disk once flushed, before close
     with pytest.raises(ValueError, match="stream"):
         sink.write({"time": 0.0})
     sink.close()
@@ -62,6 +63,12 @@ def test_jsonl_sink(tmp_path):
     buffer = io.StringIO()
     JsonlSink(buffer).write({"stream": "s", "time": 0.0})
     assert json.loads(buffer.getvalue()) == {"stream": "s", "time": 0.0}
+    mirror = JsonlSink(buffer)
+    flushed = []
+    buffer.flush = lambda: flushed.append(True)
+    mirror.write({"stream": "s", "time": 1.0})
+    mirror.flush()
+    assert flushed == [True]  # an open file it does not own is flushed, not closed
 
 
 def test_terminal_sink_plain_and_rich():
