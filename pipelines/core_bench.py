@@ -5,7 +5,8 @@ ratios of medians:
 - each memory type streamed for ``steps`` segments at batch 1: p50/p99 step latency early and late,
   RSS growth, state bytes;
 - a growing KV cache (full attention over all history, same blocks and weights) at the same lengths;
-- torchaudio's ``Emformer`` with the same width, depth, segment and memory size;
+- torchaudio's ``Emformer`` with the same width, depth, segment, memory size and feed-forward (GELU, as the core;
+  torchaudio's default ReLU beside it, ``speedup_vs_emformer_relu``);
 - the same step exported to ONNX and run by ONNX Runtime.
 """
 
@@ -177,15 +178,19 @@ def compare_peers(core: MemoryCore, repeats: int, late_tokens: int) -> dict:
     reset = torch.zeros(1, dtype=torch.bool)
     mask = torch.ones(1, cfg.segment, dtype=torch.bool)
     mem = max(cfg.layer_memory_lengths)
+    same = {"activation": "gelu"}  # the core's feed-forward; torchaudio's default is ReLU, a cheaper one
     emformers = {
-        # Same width, depth, segment; Emformer's memory bank holds `mem` summary vectors, so both attend
-        # over mem + segment keys per layer.
+        # Same width, depth, segment and feed-forward; Emformer's memory bank holds `mem` summary vectors, so both
+        # attend over mem + segment keys per layer.
         "emformer": Emformer(cfg.dim, cfg.heads, cfg.ff_mult * cfg.dim, cfg.layers, cfg.segment,
-                             left_context_length=0, right_context_length=0, max_memory_size=mem).eval(),
+                             left_context_length=0, right_context_length=0, max_memory_size=mem, **same).eval(),
         # The other reading of "memory size": `mem` frames of cached left context, no memory bank.
         "emformer_left_context": Emformer(cfg.dim, cfg.heads, cfg.ff_mult * cfg.dim, cfg.layers, cfg.segment,
                                           left_context_length=mem, right_context_length=0,
-                                          max_memory_size=0).eval(),
+                                          max_memory_size=0, **same).eval(),
+        # torchaudio's default activation, for reference: the same Emformer with a ReLU feed-forward.
+        "emformer_relu": Emformer(cfg.dim, cfg.heads, cfg.ff_mult * cfg.dim, cfg.layers, cfg.segment,
+                                  left_context_length=0, right_context_length=0, max_memory_size=mem).eval(),
     }
     lengths = torch.tensor([cfg.segment])
 
@@ -235,6 +240,7 @@ def compare_peers(core: MemoryCore, repeats: int, late_tokens: int) -> dict:
         "latency": {k: _ms(v) for k, v in {**times, **late}.items()},
         "speedup_vs_emformer": round(med["emformer"] / med["eager"], 3),
         "speedup_vs_emformer_left_context": round(med["emformer_left_context"] / med["eager"], 3),
+        "speedup_vs_emformer_relu": round(med["emformer_relu"] / med["eager"], 3),
         "onnx_speedup": round(med["eager_vs_onnx"] / med["onnx"], 3),
         "onnx_runtime_only_speedup": round(med["eager_vs_onnx"] / med["onnx_raw"], 3),
         "growing_kv_latency_ratio": round(med["growing_kv_late"] / med["growing_kv_early"], 3),
