@@ -37,8 +37,10 @@ def exported(request, tmp_path_factory):
     """(core, path, proto, opset) for one (variant, opset), exported once per module."""
     variant, opset = request.param
     core = build_core(variant, seed=11)
-    with torch.no_grad():  # every norm its own weights: at init they are all ones, and an export that bound the
-        for module in core.modules():  # wrong norm's would still match
+    # Every norm its own weights: at init they are all ones, so an export that bound one norm's weights to another
+    # (the exporter folds equal initializers into one) would still match.
+    with torch.no_grad():
+        for module in core.modules():
             if isinstance(module, nn.LayerNorm):
                 module.weight.add_(0.2 * torch.randn_like(module.weight))
                 module.bias.add_(0.2 * torch.randn_like(module.bias))

@@ -68,7 +68,8 @@ def test_jsonl_sink(tmp_path):
     buffer.flush = lambda: flushed.append(True)
     mirror.write({"stream": "s", "time": 1.0})
     mirror.flush()
-    assert flushed == [True]  # an open file it does not own is flushed, not closed
+    mirror.close()
+    assert flushed == [True, True] and not buffer.closed  # an open file it does not own is flushed, never closed
 
 
 def test_terminal_sink_plain_and_rich():
