@@ -151,32 +151,33 @@ class MemoryCore(nn.Module):
         cos, sin = self.rotary.token_tables(ctx.pos if ctx.token_pos is None else ctx.token_pos)  # (B, N, 1, 1, Dh)
         masks: dict[int, Tensor | None] = {}  # attention masks by memory length, shared by the layers
         memory, heads, head_dim = self.memory, self.cfg.heads, self.cfg.head_dim
-        # Each layer runs the block's math (block_qkv, block_finish) on its kept tensors, not through the block's
-        # methods: at batch 1 every Python call between the small ops shows in the step time (three method calls and
-        # a second tensors() lookup per layer cost ~2% of a core-small step).
         # Dynamo cannot trace a ContextVar: under torch.compile (or a strict export) the layers keep the eager form.
         if not torch.compiler.is_dynamo_compiling() and ONNX_STANDARD_OPS.get() and not self.memory_changes_attention:
-            return self._export_layers(h, state, ctx)
-        for layer, block in enumerate(self.blocks):
-            w = block.tensors()
-            qkv = block_qkv(w, h, heads, head_dim)  # (B, N, 3, H, Dh)
-            q_rot, k_rot = rotate_full(qkv.narrow(2, 0, 2), cos, sin).unbind(2)  # q and k rotated in one go
-            q, k, v = qkv.unbind(2)
-            keys, values, mvalid = memory.context(layer, block, k_rot, v, state, ctx)  # (B, H, M + N, Dh)
-            length = keys.shape[2] - n_tokens
-            if length not in masks:
-                masks[length] = self._attention_mask(mvalid, ctx, h.dtype)
-            attn = F.scaled_dot_product_attention(q_rot.transpose(1, 2), keys, values, attn_mask=masks[length])
-            if self.memory_changes_attention:
-                attn = memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
-            h = block_finish(w, h, attn, block.current_dropout)
+            h = self._export_layers(h, state, ctx)
+        else:
+            # Each layer runs the block's math (block_qkv, block_finish) on its kept tensors, not through the block's
+            # methods: at batch 1 every Python call between the small ops shows in the step time (three method calls
+            # and a second tensors() lookup per layer cost ~2% of a core-small step).
+            for layer, block in enumerate(self.blocks):
+                w = block.tensors()
+                qkv = block_qkv(w, h, heads, head_dim)  # (B, N, 3, H, Dh)
+                q_rot, k_rot = rotate_full(qkv.narrow(2, 0, 2), cos, sin).unbind(2)  # q and k rotated in one go
+                q, k, v = qkv.unbind(2)
+                keys, values, mvalid = memory.context(layer, block, k_rot, v, state, ctx)  # (B, H, M + N, Dh)
+                length = keys.shape[2] - n_tokens
+                if length not in masks:
+                    masks[length] = self._attention_mask(mvalid, ctx, h.dtype)
+                attn = F.scaled_dot_product_attention(q_rot.transpose(1, 2), keys, values, attn_mask=masks[length])
+                if self.memory_changes_attention:
+                    attn = memory.after_attention(layer, q, k, k_rot, v, attn, state, ctx)
+                h = block_finish(w, h, attn, block.current_dropout)
         y, state = memory.write(h, state, ctx)
         norm = self.norm  # functionally: a module call costs as much as the norm itself here
         return F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps), state
 
-    def _export_layers(self, h: Tensor, state: NamedTuple, ctx: StepContext) -> tuple[Tensor, NamedTuple]:
-        """The layers and the write of :meth:`step` as an ONNX export at opset >= 23 traces them (see
-        ``ONNX_STANDARD_OPS``): the same math as the eager loop, through ``torch.onnx.ops``."""
+    def _export_layers(self, h: Tensor, state: NamedTuple, ctx: StepContext) -> Tensor:
+        """The layers of :meth:`step` as an ONNX export at opset >= 23 traces them (see ``ONNX_STANDARD_OPS``): the
+        same math as the eager loop, through ``torch.onnx.ops``. h: (B, N, D) -> (B, N, D)."""
         _, n, d = h.shape
         memory, heads = self.memory, self.cfg.heads
         cos, sin = self.rotary.half_tables(ctx.pos if ctx.token_pos is None else ctx.token_pos)  # (B, N, Dh/2)
@@ -193,8 +194,7 @@ class MemoryCore(nn.Module):
             attn = torch.onnx.ops.attention(qk[..., :d], keys, values, masks[length], q_num_heads=heads,
                                             kv_num_heads=heads)[0]  # (B, N, D)
             h = block_finish_tokens(w, h, attn, block.current_dropout)
-        y, state = memory.write(h, state, ctx)
-        return F.layer_norm(y, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps), state
+        return h
 
     def _attention_mask(self, memory_valid: Tensor | None, ctx: StepContext, dtype: torch.dtype) -> Tensor | None:
         """Additive mask (B, 1, N, M + N) over ``[memory ; tokens]`` keys; None in eager inference when every key
