@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"memstream: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before a run's own handlers are in place (while starting up), or a second signal
+        print("memstream: interrupted", file=sys.stderr)
         return 130
 
 

@@ -66,8 +66,10 @@ def guess_kind(spec) -> str | None:
 
 
 def waits_at_open(source: Source) -> bool:
-    """A live source that retries its first connection: its reader thread opens it, not the caller."""
-    return bool(getattr(getattr(source, "reconnect", None), "at_open", False))
+    """A source its reader thread opens, not the caller: a live source that retries its first connection, or one
+    whose opening waits for data that may never come (``opens_in_reader``: raw PCM on stdin)."""
+    return bool(getattr(source, "opens_in_reader", False)
+                or getattr(getattr(source, "reconnect", None), "at_open", False))
 
 
 def open_specs(specs: Iterable, kind: str, *, keep_going: bool = False, **options) -> list[Source]:
@@ -77,8 +79,9 @@ def open_specs(specs: Iterable, kind: str, *, keep_going: bool = False, **option
     ``keep_going`` and more than one spec it is logged and comes back as a :class:`FailedSource` instead (the
     runner records it as a stream that ended with that error), so one dead camera does not keep the others from
     running; only when every spec fails is the first error raised. A live source whose reconnect policy waits for
-    it at open (``Reconnect(at_open=True)``) comes back unopened: its reader thread opens it, so a camera that is
-    down does not hold back the start of the others.
+    it at open (``Reconnect(at_open=True)``), and raw PCM on stdin, come back unopened (:func:`waits_at_open`): the
+    reader thread opens them, so a camera that is down does not hold back the start of the others, and a signal
+    stops a run whose stdin has not delivered yet.
     """
     from memstream.pipelines.sources import make_source
 
@@ -359,8 +362,8 @@ def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control:
     for line in failed:
         print(f"memstream: stream {line}", file=sys.stderr)
     if not args.view:
-        print(f"memstream: {total['segments']} segments from {total['streams']} stream(s), latency p50 "
-              f"{total['latency_ms']['p50']} ms p99 {total['latency_ms']['p99']} ms, real-time factor "
-              f"{total['real_time_factor']}" + (f", summary in {out / 'summary.json'}" if out else ""),
-              file=sys.stderr)
+        timing = (f", latency p50 {total['latency_ms']['p50']} ms p99 {total['latency_ms']['p99']} ms, real-time "
+                  f"factor {total['real_time_factor']}") if total["segments"] else ""
+        print(f"memstream: {total['segments']} segments from {total['streams']} stream(s){timing}"
+              + (f", summary in {out / 'summary.json'}" if out else ""), file=sys.stderr)
     return 2 if failed and len(failed) == total["streams"] else 0

@@ -102,11 +102,13 @@ def _finish_sink(sink, summary: dict) -> Exception | None:
     return None
 
 
-def _cancel_open(st: _Stream) -> None:
+def _cancel_open(st: _Stream, reading: bool = False) -> None:
     """A reader still opening its source (a live source waiting for its server) stops waiting, where the
-    source can be told so (``cancel()``, safe from any thread)."""
+    source can be told so (``cancel()``, safe from any thread); with ``reading``, also a reader thread waiting
+    for its next packet (stdin or a network stream gone quiet), when the run ends."""
     cancel = getattr(st.source, "cancel", None)
-    if st.opening and cancel is not None:
+    waiting = st.opening or (reading and st.thread is not None and not st.done_reading)
+    if waiting and cancel is not None:
         try:
             cancel()
         except Exception as e:  # noqa: BLE001 - the run goes on stopping
@@ -161,6 +163,8 @@ class StreamRunner:
         self._ids = 0
         self._steps = 0
         self._finished = False
+        self._sink_error: Exception | None = None  # the first sink that failed; raised when the run has ended
+        self._failed_sinks: list = []
 
     # -- streams -------------------------------------------------------------------------------------
     def add(self, source: Source, stream_id: str | None = None, *, opened: bool | None = None,
@@ -305,6 +309,8 @@ class StreamRunner:
                     stopped = True
                     break
                 yield
+            else:
+                stopped = self._stop.is_set()  # a source cancelled as the run ends reads as ended: it was stopped
         except GeneratorExit:  # closed while paused (the run ends): as after stop(), without another yield
             stopped = True
         except Exception as e:  # a broken source ends its own stream only
@@ -377,9 +383,36 @@ class StreamRunner:
             event = {"stream": st.id, **ev}
             event.setdefault("time", time_default)
             for sink in st.sinks:
-                sink.write(event)
+                try:
+                    sink.write(event)
+                except Exception as e:  # noqa: BLE001 - see _sink_failed
+                    self._sink_failed(sink, e)
             out.append(event)
         return out
+
+    def _flush(self, sinks: Sequence) -> None:
+        for sink in sinks:
+            if hasattr(sink, "flush"):
+                try:
+                    sink.flush()
+                except Exception as e:  # noqa: BLE001 - see _sink_failed
+                    self._sink_failed(sink, e)
+
+    def _sink_failed(self, sink, error: Exception) -> None:
+        """A sink raised (a full disk, a closed pipe, a bug): it gets nothing more, and the run stops after the step
+        in flight, as after ``stop()``: going on would compute results that cannot be kept. The other sinks still
+        get every event and the summary; the first such error is raised once the run has ended. Sink lists are
+        rebound, never changed in place, so a loop over one goes on safely."""
+        log.error("sink %s failed: %s; the run stops after this step", type(sink).__name__, error)
+        if self._sink_error is None:
+            self._sink_error = error
+        self._failed_sinks.append(sink)
+        self.sinks = [s for s in self.sinks if s is not sink]
+        self._flushing = [s for s in self._flushing if s is not sink]
+        for st in (*self._streams.values(), *self._active):
+            st.sinks = [s for s in st.sinks if s is not sink]
+            st.own_sinks = [s for s in st.own_sinks if s is not sink]
+        self._stop.set()
 
     def _step(self, batch: list) -> list[StreamResult]:
         t0 = time.perf_counter()
@@ -415,13 +448,14 @@ class StreamRunner:
             events = self._emit(st, st.decoder.update(out, seg), seg.start)
             for sink in st.sinks:
                 if hasattr(sink, "write_segment"):
-                    sink.write_segment(st.id, seg, events)
-            for sink in st.own_sinks:
-                if hasattr(sink, "flush"):
-                    sink.flush()
+                    try:
+                        sink.write_segment(st.id, seg, events)
+                    except Exception as e:  # noqa: BLE001 - see _sink_failed
+                        self._sink_failed(sink, e)
+            if st.own_sinks:
+                self._flush(st.own_sinks)
             results.append(StreamResult(st.id, seg.index, seg.start, seg.start + seg.duration, out, events, seg))
-        for sink in self._flushing:  # the step's events go out together: one write per sink, not one per event
-            sink.flush()
+        self._flush(self._flushing)  # the step's events go out together: one write per sink, not one per event
         done = time.perf_counter()
         for st, seg, ready in batch:
             self.stats.segment_done(st.id, seg.duration, done - ready, (done - t0) / len(batch))
@@ -432,9 +466,7 @@ class StreamRunner:
     def _retire(self, st: _Stream, status: str | None = None) -> None:
         """A stream leaves: flush its decoder, record it, free its slot for the next one."""
         self._emit(st, st.decoder.flush(), st.last_end)
-        for sink in st.sinks:
-            if hasattr(sink, "flush"):
-                sink.flush()
+        self._flush(st.sinks)
         source_stats = getattr(st.source, "stats", None)
         counts = {k: getattr(source_stats, k, None) for k in ("dropped", "duplicated", "reconnects", "skipped")}
         counts["source_errors"] = list(getattr(source_stats, "errors", None) or [])
@@ -497,7 +529,7 @@ class StreamRunner:
         errors = []
         try:
             for st in leftover:
-                _cancel_open(st)
+                _cancel_open(st, reading=True)
             for st in leftover:
                 if st.reading is not None:
                     st.reading.close()  # a reading paused on the loop ends as after stop() and closes its source
@@ -513,5 +545,12 @@ class StreamRunner:
                 error = _finish_sink(sink, self.summary)
                 if error is not None:
                     errors.append(error)
+            for sink in self._failed_sinks:  # closed, for what it holds (a file); it failed already
+                try:
+                    sink.close()
+                except Exception:  # noqa: BLE001, S110 - its error is the one raised below
+                    pass
+        if self._sink_error is not None:
+            errors.insert(0, self._sink_error)
         if errors:
             raise errors[0]

@@ -140,31 +140,50 @@ class JsonlSink:
     def __init__(self, target: str | os.PathLike | IO[str]) -> None:
         if hasattr(target, "write"):
             self._file, self._own = target, False
+            self.name = str(getattr(target, "name", "<stream>"))
         else:
             path = Path(target)
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file, self._own = open(path, "w", encoding="utf-8"), True
+            self.name = str(path)
         self.count = 0
+
+    def _failed(self, error: OSError) -> OSError:
+        """An OS error (a full disk, a closed pipe) naming the file it happened on."""
+        return OSError(error.errno, f"JsonlSink: writing {self.name} failed: {error.strerror or error}")
 
     def write(self, event: Event) -> None:
         if "stream" not in event or "time" not in event:
             raise ValueError(f"JsonlSink: event without 'stream' and 'time': {event!r}")
         if self._file is None:
             raise ValueError("JsonlSink: write after close")
-        self._file.write(to_json(event) + "\n")
+        try:
+            self._file.write(to_json(event) + "\n")
+        except OSError as e:
+            raise self._failed(e) from e
         self.count += 1
 
     def flush(self) -> None:
         if self._file is not None:
-            self._file.flush()
+            try:
+                self._file.flush()
+            except OSError as e:
+                raise self._failed(e) from e
 
     def close(self) -> None:
         if self._file is None:
             return
-        self._file.flush()
-        if self._own:
-            self._file.close()
-        self._file = None
+        file, self._file = self._file, None
+        try:
+            file.flush()
+        except OSError as e:
+            raise self._failed(e) from e
+        finally:
+            if self._own:
+                try:
+                    file.close()  # a full disk fails this flush again; the file is closed all the same
+                except OSError:
+                    pass
 
 
 class TerminalSink:

@@ -419,6 +419,52 @@ def test_events_are_in_the_file_after_every_step(audio_task, tmp_path):
     assert len(path.read_text().splitlines()) == yielded + 2  # and each stream's end
 
 
+class _FailingFile:
+    """A text file whose disk fills up after ``room`` flushes."""
+
+    name = "/mnt/full/events.jsonl"
+
+    def __init__(self, room: int) -> None:
+        self.room, self.lines, self.closed = room, [], False
+        self._pending: list[str] = []
+
+    def write(self, text: str) -> None:
+        self._pending.append(text)
+
+    def flush(self) -> None:
+        if self.room == 0:
+            raise OSError(28, "No space left on device")
+        self.room -= 1
+        self.lines += "".join(self._pending).splitlines()
+        self._pending = []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_failing_sink_stops_the_run_and_keeps_what_was_computed(audio_task, tmp_path):
+    """A sink that fails mid-run (a full disk): the run stops after that step, the other sinks get every event and a
+    summary that counts each segment computed (streams 'stopped'), and the error, naming the file, is raised at the
+    end; before, the summary said 0 segments and 'running'."""
+    full = _FailingFile(room=3)
+    failing = JsonlSink(full)
+    kept = tmp_path / "events.jsonl"
+    sinks = [failing, JsonlSink(kept), SummarySink(tmp_path / "summary.json")]
+    runner = StreamRunner(audio_task, TorchBackend(audio_task.model), sinks, max_streams=2)
+    # read on the loop: every step holds both streams, so the count of segments is exact
+    runner.add(audio_source("a", audio(2.0, 33, channels=1), 320, read_on_loop=True), "a")
+    runner.add(audio_source("b", audio(2.0, 34, channels=1), 320, read_on_loop=True), "b")
+    with pytest.raises(OSError, match="writing /mnt/full/events.jsonl failed: No space left on device"):
+        runner.run()
+    lines = [json.loads(line) for line in kept.read_text().splitlines()]
+    segments = [e for e in lines if e["type"] == "segment"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["total"]["segments"] == len(segments) == 8  # 4 steps of 2: the failing flush was the 4th's
+    assert {row["status"] for row in summary["streams"].values()} == {"stopped"}
+    assert [e["type"] for e in lines].count("end") == 2  # the decoders were flushed into the sinks still working
+    assert len([line for line in full.lines if '"segment"' in line]) == 6 and failing._file is None
+
+
 def test_remove_lets_a_stream_leave(audio_task):
     x = audio(3.0, 16)
     leaver = _RemoveOn("0", 2)
@@ -752,6 +798,42 @@ def test_cli_graceful_stop(sig, feed, tmp_path):
     for sid in map(str, range(n_streams)):
         mine = [e for e in lines if e["stream"] == sid]
         assert [e["index"] for e in mine[:-1]] == list(range(len(mine) - 1)) and mine[-1]["type"] == "end"
+
+
+@pytest.mark.parametrize("delivered", [0, 32000], ids=["no-data-yet", "stalled"])
+def test_cli_sigint_while_stdin_waits_for_data(delivered, tmp_path):
+    """SIGINT while stdin delivers nothing (a producer not started yet, or one that stalled mid-stream, its pipe
+    still open): exit 0 at once, with every event and a complete summary. Before, the run waited in the read until
+    the producer closed its end, and a stalled one aborted the interpreter at exit (a reader thread held stdin's
+    buffer lock)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "memstream.pipelines.cli", "run", "core", "--source", "-", "--rate", "16000",
+           "--channels", "1", "--format", "s16le", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    events_file = out / "events.jsonl"
+    try:
+        proc.stdin.write(np.zeros(delivered, "<i2").tobytes())
+        proc.stdin.flush()  # and the pipe stays open: the producer is alive but silent
+        wanted = delivered // 1280  # core-tiny: segments of 8 tokens x 160 samples
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:  # the sinks are open: the signal handlers are in place
+            if events_file.is_file() and len(events_file.read_text().splitlines()) >= wanted:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)  # with stdin still open (communicate() would close it: an end of input, not a stall)
+        stderr = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdin.close()
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    lines = [json.loads(line) for line in events_file.read_text().splitlines()]
+    assert summary["total"]["segments"] == len([e for e in lines if e["type"] == "segment"]) == wanted
+    assert summary["streams"]["0"]["status"] == "stopped"
 
 
 def test_cli_signal_while_the_sources_open_stops_cleanly(tmp_path):

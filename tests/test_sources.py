@@ -217,6 +217,47 @@ def test_stdin_reads_sys_stdin(monkeypatch):
     assert packet.data[:, 0].tolist() == [0.0, 0.5, -1.0]
 
 
+def test_stdin_reads_its_descriptor_and_is_cancelled_while_it_waits(monkeypatch):
+    """stdin as a pipe: the source reads the descriptor itself (a thread left in a buffered read would hold the
+    buffer's lock, and the interpreter aborts at exit when it finds it taken); cancel() ends a wait for data, at
+    open and between packets, from another thread."""
+    import os
+    import threading
+    import time
+
+    samples = np.arange(-800, 800, dtype="<i2") * 20
+    read_end, write_end = os.pipe()
+    try:
+        with open(read_end, "rb", closefd=False) as pipe_in:
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(pipe_in))
+            source = make_source("-", kind="audio", rate=16000, channels=1, format="s16le")
+            assert source.opens_in_reader  # the runner's reader opens it: the program never waits in it
+            os.write(write_end, samples[:333].tobytes() + b"\x07")  # a frame cut in two by the pipe
+            source.open()
+            os.write(write_end, b"\x00" + samples[334:].tobytes())
+            packets = []
+            for packet in source:
+                packets.append(packet)
+                if sum(len(p.data) for p in packets) == len(samples):  # everything written is in: now it waits
+                    threading.Timer(0.2, source.cancel).start()
+            t0 = time.perf_counter()
+            source.close()
+        assert time.perf_counter() - t0 < 1
+        got = np.concatenate([p.data[:, 0] for p in packets])
+        expected = samples.astype(np.float32) / 2 ** 15
+        expected[333] = np.frombuffer(b"\x07\x00", "<i2")[0] / 2 ** 15
+        np.testing.assert_array_equal(got, expected)
+
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(read_end, "rb", closefd=False)))
+        waiting = make_source("-", kind="audio", rate=16000)
+        threading.Timer(0.2, waiting.cancel).start()
+        with pytest.raises(SourceError, match="stdin: cancelled while waiting for data"):
+            waiting.open()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 def test_stdin_non_finite_samples_replaced(caplog):
     data = np.array([0.5, np.nan, np.inf, -np.inf, -0.5], "<f4")
     source = StdinPcmSource(16000, format="f32le", stream=io.BytesIO(data.tobytes()))
@@ -300,8 +341,9 @@ def test_unreadable_and_corrupt_files(tmp_path):
     assert "none of the 1 images" in _error(ImageFolderSource(tmp_path / "images")).cause
     wav = tmp_path / "real.wav"
     sf.write(str(wav), np.zeros(800, np.float32), 8000)
-    assert "no video" in _error(VideoFileSource(wav, backend="pyav")).cause
-    _error(VideoFileSource(wav))
+    # an audio file in a video run: the cause is the kind, not "not a video file, or corrupt"
+    for backend in ("opencv", "pyav"):
+        assert "an audio file (.wav) cannot feed a video task" in _error(VideoFileSource(wav, backend=backend)).cause
 
 
 def test_refused_url():
@@ -335,6 +377,50 @@ def test_zero_length_audio(tmp_path):
     for source in (AudioFileSource(wav), AudioFileSource(wav, backend="pyav"), AudioFileSource(mka),
                    StdinPcmSource(16000, stream=io.BytesIO(b""))):
         assert "zero-length" in _error(source).cause
+
+
+def test_a_cut_short_wav_runs_what_it_holds_then_fails(tmp_path):
+    """A WAV whose data chunk claims more than the file holds (a copy cut off, a recorder killed): its samples all
+    come through, then the stream ends as failed with the cause; a WAV written to a pipe (ffmpeg and sox leave a
+    placeholder size there) is not cut short."""
+    from memstream.pipelines.sources.audio import cut_short
+
+    x = np.sin(np.arange(32000) / 10).astype(np.float32) * 0.5
+    full = tmp_path / "full.wav"
+    sf.write(str(full), x, 16000, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(full.read_bytes()[:44 + 2 * 12345])
+    source = AudioFileSource(cut)
+    got = np.concatenate([p.data[:, 0] for p in _drain(source)])
+    np.testing.assert_array_equal(got, sf.read(str(full), dtype="float32")[0][:12345])
+    (error,) = source.stats.errors
+    assert "cut short" in error and "64000 bytes" in error and "24690" in error
+
+    streamed = bytearray(full.read_bytes())
+    streamed[40:44] = struct.pack("<I", 0xFFFFFFFF)  # the data size of a WAV written to a pipe
+    piped = tmp_path / "piped.wav"
+    piped.write_bytes(bytes(streamed))
+    source = AudioFileSource(piped)
+    assert sum(len(p.data) for p in _drain(source)) == 32000 and source.stats.errors == []
+    assert cut_short("data : 4294967295 (should be 64000)") is None and cut_short("data : 64000") is None
+
+
+def test_a_flac_without_its_length_reads_to_the_end(tmp_path):
+    """A FLAC written to a pipe has 0 (unknown) total samples in its header: libsndfile fails near its end, so it
+    is read with PyAV, every sample, and its duration is unknown rather than 10^14 s."""
+    x = (np.sin(np.arange(32000) / 7) * 0.5).astype(np.float32)
+    path = tmp_path / "piped.flac"
+    sf.write(str(path), x, 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"fLaC"
+    fields = int.from_bytes(data[18:26], "big")  # rate (20 bits), channels, bits per sample, total samples (36)
+    data[18:26] = (fields & ~((1 << 36) - 1)).to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+    assert sf.info(str(path)).frames > 2 ** 62  # libsndfile: SF_COUNT_MAX
+    source = AudioFileSource(path)
+    got = np.concatenate([p.data[:, 0] for p in _drain(source)])
+    assert source.info.duration is None and source.stats.errors == []
+    np.testing.assert_allclose(got, x, atol=1 / 2 ** 15)
 
 
 def test_non_finite_audio_samples(tmp_path, caplog):

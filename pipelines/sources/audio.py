@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import queue
+import re
+import select
 import sys
 import threading
 import time
@@ -42,6 +45,24 @@ def _check_block(name: str, block_seconds: float) -> float:
     if not (isinstance(block_seconds, (int, float)) and math.isfinite(block_seconds) and block_seconds > 0):
         raise SourceError(name, f"block_seconds={block_seconds!r} must be a positive number")
     return float(block_seconds)
+
+
+# libsndfile's log of a WAV/AIFF header whose audio chunk claims more bytes than the file holds: "data : 128000
+# (should be 63978)". A writer that could not seek back (ffmpeg or sox writing to a pipe) leaves a placeholder size
+# there, not a real one: 0, or a value near 2^31 or 2^32.
+_CHUNK_SIZE = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+_PLACEHOLDER_SIZE = 0x7FFF0000
+
+
+def cut_short(extra_info: str) -> str | None:
+    """Why a WAV/AIFF file is cut short, from libsndfile's header log (``SoundFile.extra_info``), or None."""
+    m = _CHUNK_SIZE.search(extra_info or "")
+    if m is None:
+        return None
+    declared, held = int(m.group(1)), int(m.group(2))
+    if declared == 0 or declared >= _PLACEHOLDER_SIZE or declared <= held:
+        return None
+    return f"the file is cut short: its header declares {declared} bytes of audio, it holds {held}"
 
 
 def _to_float(array: np.ndarray) -> np.ndarray:
@@ -76,6 +97,7 @@ class AudioFileSource(BaseSource):
         self.path, self.backend = Path(path), backend
         self.block_seconds = _check_block(self.name, block_seconds)
         self._file = self._container = self._blocks = self._first = None
+        self._cut_short: str | None = None  # why the file holds less than its header says (soundfile)
         self._finite = NonFinite(self.name, self.stats)
 
     def _open(self) -> SourceInfo:
@@ -85,7 +107,12 @@ class AudioFileSource(BaseSource):
             import soundfile
 
             try:
-                return self._open_soundfile(path)
+                info = self._open_soundfile(path)
+                if info.duration is not None or self.backend == "soundfile":
+                    return info
+                # No length in its header (a FLAC written to a pipe): libsndfile fails near the end of such a file
+                # ("psf_fseek() failed"); FFmpeg reads it to the end.
+                self._close()
             except SourceError:
                 raise
             except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
@@ -107,9 +134,13 @@ class AudioFileSource(BaseSource):
         rate, channels, frames = self._file.samplerate, self._file.channels, self._file.frames
         if frames <= 0:
             raise SourceError(self.name, "zero-length audio (the file holds no samples)")
+        # Its samples are read to the end and run; then the stream ends as failed, naming the cause.
+        self._cut_short = cut_short(self._file.extra_info)
         block = max(1, int(round(rate * self.block_seconds)))
         self._blocks = (b for b in self._file.blocks(blocksize=block, dtype="float32", always_2d=True))
-        return SourceInfo("audio", float(rate), channels=channels, duration=frames / rate)
+        # A FLAC written to a pipe has no length in its header: libsndfile reports SF_COUNT_MAX frames.
+        duration = frames / rate if frames < 2 ** 62 else None  # then _open reads the file with PyAV
+        return SourceInfo("audio", float(rate), channels=channels, duration=duration)
 
     def _open_pyav(self, path: Path) -> SourceInfo:
         import av
@@ -172,6 +203,8 @@ class AudioFileSource(BaseSource):
         for block in itertools.chain([first] if first is not None else [], self._blocks):
             yield Packet(self._finite(np.ascontiguousarray(block, dtype=np.float32)), position / rate)
             position += len(block)
+        if self._cut_short:
+            self.fail(f"{self._cut_short} ({position / rate:.3f} s decoded)")
 
     def _close(self) -> None:
         if self._file is not None:
@@ -189,11 +222,17 @@ class StdinPcmSource(BaseSource):
         channels: interleaved channels.
         format: ``s16le``, ``s32le``, ``f32le`` or ``u8``.
         stream: a binary file object; default ``sys.stdin.buffer``.
-        block_seconds: packet length.
-    Packets: (n, C) float32. Opening waits for the first block; no data at all is an error.
+        block_seconds: packet length (at most: a pipe's read gives what has arrived).
+    Packets: (n, C) float32. Opening waits for the first data; no data at all is an error. The runner's reader
+    thread opens it (``opens_in_reader``), so the program never blocks in a read of its own: ``cancel()`` (from any
+    thread) ends a wait at open or between packets within ``POLL`` seconds. stdin itself is read from its file
+    descriptor, not through ``sys.stdin.buffer``: a reader thread left waiting in a buffered read would hold that
+    buffer's lock, and the interpreter aborts at exit when it finds the lock taken.
     """
 
     kind = "audio"
+    opens_in_reader = True
+    POLL = 0.1
 
     def __init__(self, rate: int, channels: int = 1, format: str = "s16le", stream: BinaryIO | None = None,
                  block_seconds: float = 0.1, name: str = "stdin") -> None:
@@ -211,18 +250,43 @@ class StdinPcmSource(BaseSource):
         self._frame_bytes = self._dtype.itemsize * channels
         self._block_bytes = max(1, int(round(self.rate * _check_block(name, block_seconds)))) * self._frame_bytes
         self._finite = NonFinite(self.name, self.stats)
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop waiting for data, from any thread: a wait at open fails as cancelled, a running reading ends."""
+        self._cancelled.set()
 
     def _open(self) -> SourceInfo:
         if self.stream is None:
             if sys.stdin is None or sys.stdin.isatty():
                 raise SourceError(self.name, "stdin is a terminal or closed: pipe raw PCM into it")
-            self._input = sys.stdin.buffer
+            self._read = self._descriptor_reader(sys.stdin.buffer)
         else:
-            self._input = self.stream
-        self._pending = self._input.read(self._block_bytes)
+            self._read = self.stream.read
+        self._pending = self._read(self._block_bytes)
         if not self._pending:
+            if self._cancelled.is_set():
+                raise SourceError(self.name, "cancelled while waiting for data")
             raise SourceError(self.name, "zero-length audio: no data on the input")
         return SourceInfo("audio", float(self.rate), channels=self.channels)
+
+    def _descriptor_reader(self, stream: BinaryIO):
+        """read(n) on ``stream``'s file descriptor that gives up (b"") once cancelled; ``stream.read`` where there
+        is no descriptor to wait on (an in-memory stream, or select() that cannot wait on files: Windows)."""
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+            return stream.read
+        if os.name != "posix":
+            return stream.read
+
+        def read(n: int) -> bytes:
+            while not self._cancelled.is_set():
+                if select.select([fd], [], [], self.POLL)[0]:
+                    return os.read(fd, n)
+            return b""
+
+        return read
 
     def _decode(self, raw: bytes) -> np.ndarray:
         samples = np.frombuffer(raw, dtype=self._dtype).reshape(-1, self.channels).astype(np.float64)
@@ -232,7 +296,7 @@ class StdinPcmSource(BaseSource):
     def _packets(self) -> Iterator[Packet]:
         position, carry = 0, b""
         while True:
-            raw = self._pending if self._pending is not None else self._input.read(self._block_bytes)
+            raw = self._pending if self._pending is not None else self._read(self._block_bytes)
             self._pending = None
             if not raw:
                 break

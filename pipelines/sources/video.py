@@ -19,6 +19,9 @@ import numpy as np
 from memstream.pipelines.sources.common import BaseSource, SkipLog, check_file, log, one_line
 from memstream.pipelines.streams import Packet, SourceError, SourceInfo
 
+# Containers that hold audio only: opened as video they fail with a misleading "not a video file, or corrupt".
+AUDIO_ONLY_SUFFIXES = {".wav", ".wave", ".flac", ".mp3", ".opus", ".oga", ".aac", ".aiff", ".aif", ".aifc", ".au",
+                       ".snd", ".w64", ".rf64", ".caf", ".pcm", ".raw"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
 DEFAULT_FPS = 30.0
 
@@ -90,6 +93,9 @@ class VideoFileSource(BaseSource):
 
     def _open(self) -> SourceInfo:
         path = check_file(self.name, self.path)
+        if path.suffix.lower() in AUDIO_ONLY_SUFFIXES:
+            raise SourceError(self.name, f"an audio file ({path.suffix}) cannot feed a video task (a run takes one "
+                                         f"kind: --kind, or that of its first source)")
         fps, count, duration = self._open_pyav(path) if self.backend == "pyav" else self._open_opencv(path)
         self._first = next(self._frames, None)
         if self._first is None:
