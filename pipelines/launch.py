@@ -315,6 +315,8 @@ def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control:
 
     from memstream.pipelines.sinks import JsonlSink, OverlayVideoSink, SummarySink, TerminalSink
 
+    if args.max_streams is not None and args.max_streams < 1:  # before anything opens (0 read as "all" before)
+        raise ValueError(f"--max-streams {args.max_streams}: must be at least 1")
     options = {k: getattr(args, k) for k in ("mode", "rate", "channels", "format") if getattr(args, k) is not None}
     if getattr(args, "decoder", None):
         options["backend"] = args.decoder

@@ -871,6 +871,8 @@ def test_cli_errors_exit_2(tmp_path, capsys):
 
     assert main(["run", "core", "--kind", "audio"]) == 2
     assert "no source" in capsys.readouterr().err
+    assert main(["run", "core", "--source", "-", "--rate", "16000", "--max-streams", "0"]) == 2
+    assert "--max-streams 0: must be at least 1" in capsys.readouterr().err
     try:
         from memstream.pipelines.sources import open_source  # noqa: F401
     except ImportError:
