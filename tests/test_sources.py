@@ -377,6 +377,11 @@ def test_zero_length_audio(tmp_path):
     for source in (AudioFileSource(wav), AudioFileSource(wav, backend="pyav"), AudioFileSource(mka),
                    StdinPcmSource(16000, stream=io.BytesIO(b""))):
         assert "zero-length" in _error(source).cause
+    one_byte = StdinPcmSource(16000, stream=io.BytesIO(b"\x01"))  # less than a frame: no sample at all
+    with one_byte:
+        assert list(one_byte) == []
+    assert one_byte.stats.errors == ["zero-length audio: 1 byte(s) on the input, less than one s16le frame of 1 "
+                                     "channel(s)"]
 
 
 def test_a_cut_short_wav_runs_what_it_holds_then_fails(tmp_path):

@@ -307,6 +307,9 @@ class StdinPcmSource(BaseSource):
                 samples = self._decode(raw)
                 yield Packet(samples, position / self.rate)
                 position += len(samples)
+        if carry and not position:  # as with no data at all: not one sample came
+            raise SourceError(self.name, f"zero-length audio: {len(carry)} byte(s) on the input, less than one "
+                                         f"{self.format} frame of {self.channels} channel(s)")
         if carry:
             self.stats.skipped += 1
             log.warning("%s: dropped %d trailing bytes, less than one %s frame of %d channel(s)", self.name,
