@@ -241,7 +241,8 @@ def add_run_arguments(p) -> None:
     p.add_argument("--max-streams", type=int, help="state slots, streams running at once (default: all sources)")
     p.add_argument("--batch-timeout", type=float, default=0.02,
                    help="seconds to wait for more streams to batch once one is ready (default 0.02)")
-    p.add_argument("--view", action="store_true", help="live terminal view (plain status lines when not a TTY)")
+    p.add_argument("--view", action="store_true", help="live terminal view on stderr (plain status lines when not a "
+                                                        "TTY); events still go to stdout when it is piped")
     p.add_argument("--overlay", metavar="FILE", help="video: write the frames with the task's overlay drawn")
 
 
@@ -317,6 +318,10 @@ def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control:
 
     if args.max_streams is not None and args.max_streams < 1:  # before anything opens (0 read as "all" before)
         raise ValueError(f"--max-streams {args.max_streams}: must be at least 1")
+    if args.overlay and task.kind != "video":  # it was ignored without a word
+        raise ValueError(f"--overlay draws on video frames; this run's sources are {task.kind}")
+    if args.overlay:
+        OverlayVideoSink(args.overlay)  # an unknown container fails here, before anything opens
     options = {k: getattr(args, k) for k in ("mode", "rate", "channels", "format") if getattr(args, k) is not None}
     if getattr(args, "decoder", None):
         options["backend"] = args.decoder
@@ -344,7 +349,7 @@ def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control:
     sinks: list = []
     if out is not None:
         sinks += [JsonlSink(out / "events.jsonl"), SummarySink(out / "summary.json")]
-    elif not args.view:
+    elif not args.view or not sys.stdout.isatty():  # the view is on stderr: events piped on stdout still go there
         sinks.append(JsonlSink(sys.stdout))
     if args.view:
         sinks.append(TerminalSink())

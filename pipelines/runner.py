@@ -404,6 +404,7 @@ class StreamRunner:
         get every event and the summary; the first such error is raised once the run has ended. Sink lists are
         rebound, never changed in place, so a loop over one goes on safely."""
         log.error("sink %s failed: %s; the run stops after this step", type(sink).__name__, error)
+        self.stats.sink_errors.append(f"{type(sink).__name__}: {error}")  # the summary says why the run stopped
         if self._sink_error is None:
             self._sink_error = error
         self._failed_sinks.append(sink)

@@ -294,11 +294,18 @@ class OverlayVideoSink:
             frame's index in its segment and the stream id; it may return a frame of another size (the same
             size for the whole stream).
         codec: FourCC of the writer (``mp4v`` works with every OpenCV build).
+    Raises ValueError at once for a container OpenCV cannot write (it picks it by the suffix), not at the first
+    frame, after the run has started.
     """
+
+    CONTAINERS = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
 
     def __init__(self, path: str | os.PathLike, draw: Callable[[np.ndarray, list[Event]], Any] | None = None,
                  codec: str = "mp4v") -> None:
         self.path = Path(path)
+        if self.path.suffix.lower() not in self.CONTAINERS:
+            raise ValueError(f"overlay video {self.path}: unknown container {self.path.suffix or '(no suffix)'!r}; "
+                             f"use one of {', '.join(self.CONTAINERS)}")
         self.draw = draw
         self._draw_args = _positional_args(draw) if draw is not None else 0
         self.codec = codec
@@ -382,6 +389,7 @@ class RunStats:
         self.every = Durations()
         self.steps = Durations()
         self.batched = 0  # segments over all steps
+        self.sink_errors: list[str] = []  # sinks that failed: the run stopped for them
 
     def stream_started(self, stream: str, source: str) -> None:
         self.streams[stream] = {"source": source, "kind": None, "status": "running", "error": None,
@@ -441,6 +449,8 @@ class RunStats:
             mean_batch=round(self.batched / self.steps.count, 3) if self.steps.count else None,
             wall_s=round(wall, 6), segments_per_s=round(total["segments"] / wall, 3) if wall > 0 else None,
         )
+        if self.sink_errors:
+            total["sink_errors"] = list(self.sink_errors)
         return {"task": self.task, "backend": self.backend, "total": total, "streams": streams}
 
 

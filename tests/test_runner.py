@@ -461,6 +461,8 @@ def test_a_failing_sink_stops_the_run_and_keeps_what_was_computed(audio_task, tm
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["total"]["segments"] == len(segments) == 8  # 4 steps of 2: the failing flush was the 4th's
     assert {row["status"] for row in summary["streams"].values()} == {"stopped"}
+    (why,) = summary["total"]["sink_errors"]  # why the run stopped, in the summary too
+    assert why.startswith("JsonlSink: ") and "/mnt/full/events.jsonl" in why
     assert [e["type"] for e in lines].count("end") == 2  # the decoders were flushed into the sinks still working
     assert len([line for line in full.lines if '"segment"' in line]) == 6 and failing._file is None
 
@@ -674,6 +676,19 @@ def test_one_source_that_cannot_be_opened_does_not_stop_the_others(core, tmp_pat
     assert main(["run", "core", "--source", str(missing), "--source", str(tmp_path / "gone.wav")]) == 2
 
 
+def test_cli_view_keeps_the_events_on_a_piped_stdout(tmp_path, capsys):
+    """--view draws on stderr; with stdout piped (not a terminal) the events still go there, as without --view (they
+    were dropped)."""
+    import soundfile as sf
+    from memstream.pipelines.cli import main
+
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, audio(0.4, 6, channels=1), RATE)
+    assert main(["run", "core", "--preset", "core-tiny", "--source", str(wav), "--view"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["type"] for e in events] == ["segment"] * 5 + ["end"]
+
+
 def test_cli_run_core_repeats_and_onnx_matches_torch(tmp_path):
     """An untrained preset core is built from a fixed seed: two runs give the same events, ONNX Runtime the same."""
     import soundfile as sf
@@ -873,6 +888,13 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert "no source" in capsys.readouterr().err
     assert main(["run", "core", "--source", "-", "--rate", "16000", "--max-streams", "0"]) == 2
     assert "--max-streams 0: must be at least 1" in capsys.readouterr().err
+    # --overlay on audio was ignored without a word; an unknown container failed only after the first step
+    assert main(["run", "core", "--source", "-", "--rate", "16000", "--overlay", str(tmp_path / "o.mp4")]) == 2
+    assert "--overlay draws on video frames; this run's sources are audio" in capsys.readouterr().err
+    assert main(["run", "core", "--kind", "video", "--source", str(tmp_path / "missing.mp4"), "--overlay",
+                 str(tmp_path / "o.xyz")]) == 2
+    assert "unknown container '.xyz'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
     try:
         from memstream.pipelines.sources import open_source  # noqa: F401
     except ImportError:

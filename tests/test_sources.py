@@ -346,6 +346,42 @@ def test_unreadable_and_corrupt_files(tmp_path):
         assert "an audio file (.wav) cannot feed a video task" in _error(VideoFileSource(wav, backend=backend)).cause
 
 
+def _write_mpeg4(path, stamps_ms: list[int], rate: int, options: dict | None = None) -> None:
+    """Frames at the given times (ms) in ``path``, whatever their spacing; ``rate`` is the nominal frame rate."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w", options=options or {}) as out:
+        stream = out.add_stream("mpeg4", rate=rate)
+        stream.height, stream.width, stream.pix_fmt = 64, 80, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        for i, t in enumerate(stamps_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 80, 3), i * 8 % 256, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+@pytest.mark.parametrize("backend", ["opencv", "pyav"])
+def test_a_video_ended_early_is_told_from_a_variable_rate_one(backend, tmp_path):
+    """A file that stops half-way through its frames fails its stream ('ended early'); a variable-rate MKV is
+    whole, though it holds fewer frames than OpenCV's estimate (its duration x its nominal rate): 60 against 118,
+    once reported as 'ended early' with exit 2."""
+    vfr = tmp_path / "vfr.mkv"
+    _write_mpeg4(vfr, [i * 1000 // 30 for i in range(30)] + [1000 + i * 100 for i in range(30)], rate=30)
+    source = VideoFileSource(vfr, backend=backend)
+    assert len(_drain(source)) == 60 and source.stats.errors == []
+    whole = tmp_path / "whole.mp4"
+    _write_mpeg4(whole, [i * 40 for i in range(100)], rate=25, options={"movflags": "faststart"})  # index first
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    source = VideoFileSource(cut, backend=backend)
+    assert 0 < len(_drain(source)) < 60
+    (error,) = source.stats.errors
+    assert "stream ended early" in error and "of 100 frames" in error
+
+
 def test_refused_url():
     from sources_media import free_port
 
