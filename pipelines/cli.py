@@ -176,7 +176,31 @@ def _task_help(handler: Handler, argv: list[str], prefix: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """The ``memstream`` command; ``argv`` None: the program's own arguments (run as a program, see
+    :func:`_leave_past_native_readers`)."""
+    code = _main(sys.argv[1:] if argv is None else list(argv))
+    if argv is None:
+        _leave_past_native_readers(code)
+    return code
+
+
+def _leave_past_native_readers(code: int) -> None:
+    """Exit now, skipping the interpreter's finalization, if a daemon thread is still alive: a source's reader left
+    inside a native call (OpenCV or FFmpeg opening a UDP stream that is down waits ~20 s). Finalization kills such a
+    thread when it comes back to Python, which unwinds its C++ frames and aborts the process (exit 134, 'terminate
+    called without an active exception'; seen after SIGINT during a reconnect). Everything the run computed is
+    written and closed by now; only stdio and the logs are left to flush."""
+    import threading
+
+    if any(t.daemon and t.is_alive() for t in threading.enumerate()):
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+def _main(argv: list[str]) -> int:
     # FFmpeg/OpenCV print their own warnings (e.g. "Connection refused") next to our one-line errors.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 
 import numpy as np
@@ -217,3 +219,25 @@ def test_run_a_video_file_with_either_decoder(decoder, tmp_path, capsys):
                  "--out", str(out)]) == 0
     row = json.loads((out / "summary.json").read_text())["streams"]["0"]
     assert row["frames_in"] == 20 and row["status"] == "ended" and row["segments"] == 3  # 8-frame segments
+
+
+def test_the_program_leaves_past_a_reader_stuck_in_native_code(monkeypatch):
+    """Run as a program (no argv given), memstream exits with os._exit when a daemon thread is still alive: a reader
+    left inside OpenCV/FFmpeg would be killed by the interpreter's finalization, which aborted the process (exit 134)
+    after SIGINT during a UDP reconnect. Called with argv (in-process, as here and in the tests), it never does."""
+    import threading
+
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    monkeypatch.setattr(sys, "argv", ["memstream", "run", "core", "--kind", "audio"])  # no source: exit 2
+    assert main() == 2 and exits == []  # no daemon thread alive: a normal exit
+    release = threading.Event()
+    stuck = threading.Thread(target=release.wait, name="memstream-source-0", daemon=True)
+    stuck.start()
+    try:
+        assert main(["run", "core", "--kind", "audio"]) == 2 and exits == []  # in-process: never
+        main()
+        assert exits == [2]
+    finally:
+        release.set()
+        stuck.join()
