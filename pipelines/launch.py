@@ -321,7 +321,7 @@ def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control:
     if args.overlay and task.kind != "video":  # it was ignored without a word
         raise ValueError(f"--overlay draws on video frames; this run's sources are {task.kind}")
     if args.overlay:
-        OverlayVideoSink(args.overlay)  # an unknown container fails here, before anything opens
+        OverlayVideoSink.check_container(args.overlay)  # before anything opens, not at the first frame
     options = {k: getattr(args, k) for k in ("mode", "rate", "channels", "format") if getattr(args, k) is not None}
     if getattr(args, "decoder", None):
         options["backend"] = args.decoder

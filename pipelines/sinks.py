@@ -300,12 +300,18 @@ class OverlayVideoSink:
 
     CONTAINERS = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
 
+    @classmethod
+    def check_container(cls, path: str | os.PathLike) -> Path:
+        """``path`` as a Path, or ValueError when OpenCV cannot write its container (chosen by the suffix)."""
+        path = Path(path)
+        if path.suffix.lower() not in cls.CONTAINERS:
+            raise ValueError(f"overlay video {path}: unknown container {path.suffix or '(no suffix)'!r}; "
+                             f"use one of {', '.join(cls.CONTAINERS)}")
+        return path
+
     def __init__(self, path: str | os.PathLike, draw: Callable[[np.ndarray, list[Event]], Any] | None = None,
                  codec: str = "mp4v") -> None:
-        self.path = Path(path)
-        if self.path.suffix.lower() not in self.CONTAINERS:
-            raise ValueError(f"overlay video {self.path}: unknown container {self.path.suffix or '(no suffix)'!r}; "
-                             f"use one of {', '.join(self.CONTAINERS)}")
+        self.path = self.check_container(path)
         self.draw = draw
         self._draw_args = _positional_args(draw) if draw is not None else 0
         self.codec = codec

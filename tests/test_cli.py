@@ -139,7 +139,6 @@ def test_run_bad_input_is_one_line_naming_the_source_with_exit_2(case, tmp_path,
     the cause, exit code 2, no traceback."""
     import io
     import socket
-    import sys
 
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
     if case == "corrupt":
@@ -230,7 +229,10 @@ def test_the_program_leaves_past_a_reader_stuck_in_native_code(monkeypatch):
     exits = []
     monkeypatch.setattr(os, "_exit", exits.append)
     monkeypatch.setattr(sys, "argv", ["memstream", "run", "core", "--kind", "audio"])  # no source: exit 2
+    every_thread = threading.enumerate
+    monkeypatch.setattr(threading, "enumerate", lambda: [threading.main_thread()])  # other tests' threads aside
     assert main() == 2 and exits == []  # no daemon thread alive: a normal exit
+    monkeypatch.setattr(threading, "enumerate", every_thread)
     release = threading.Event()
     stuck = threading.Thread(target=release.wait, name="memstream-source-0", daemon=True)
     stuck.start()
