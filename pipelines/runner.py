@@ -410,7 +410,7 @@ class StreamRunner:
         self._failed_sinks.append(sink)
         self.sinks = [s for s in self.sinks if s is not sink]
         self._flushing = [s for s in self._flushing if s is not sink]
-        for st in (*self._streams.values(), *self._active):
+        for st in self._streams.values():  # every stream not yet retired: the running ones and those waiting
             st.sinks = [s for s in st.sinks if s is not sink]
             st.own_sinks = [s for s in st.own_sinks if s is not sink]
         self._stop.set()
