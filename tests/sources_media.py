@@ -52,13 +52,16 @@ def write_resolution_change(path: Path, frames: int = 20) -> None:
 
 
 class Publisher:
-    """ffmpeg publishing a live test pattern as MPEG-TS over HTTP (``-listen 1``) on 127.0.0.1."""
+    """ffmpeg publishing a live test pattern as MPEG-TS on 127.0.0.1: over HTTP (``-listen 1``: the reader connects
+    to it) or UDP (sent whether or not anybody reads)."""
 
-    def __init__(self, port: int, fps: int = 25) -> None:
-        self.url = f"http://127.0.0.1:{port}/live.ts"
+    def __init__(self, port: int, fps: int = 25, protocol: str = "http") -> None:
+        if protocol == "http":
+            self.url, target = f"http://127.0.0.1:{port}/live.ts", ["-listen", "1", f"http://127.0.0.1:{port}/live.ts"]
+        else:
+            self.url, target = f"udp://127.0.0.1:{port}", [f"udp://127.0.0.1:{port}?pkt_size=1316"]
         self.command = [FFMPEG, "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
-                        f"testsrc=size=160x120:rate={fps}", "-c:v", "mpeg1video", "-g", "5", "-f", "mpegts",
-                        "-listen", "1", self.url]
+                        f"testsrc=size=160x120:rate={fps}", "-c:v", "mpeg1video", "-g", "5", "-f", "mpegts", *target]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Publisher:

@@ -389,6 +389,39 @@ def test_a_reader_stuck_in_a_read_never_blocks_iteration():
     assert "blocked" in source.stats.errors[-1]
 
 
+_EXIT_AFTER_CLOSE = """
+import logging, sys, time
+logging.basicConfig(level=logging.INFO)
+sys.path.insert(0, {tests!r})
+import torch  # a big interpreter to tear down: the left reader's read times out while that runs
+from sources_media import Publisher
+from memstream.pipelines.sources import UrlVideoSource
+publisher = Publisher({port}, protocol="udp").start()
+source = UrlVideoSource(publisher.url, stall_timeout={stall}, open_timeout=5.0)
+source.open()
+for i, _ in enumerate(source):
+    if i == 10:
+        break
+publisher.kill()
+time.sleep(0.2)
+source.close()  # waits 2 s; the reader is still in its read, which gives up after stall_timeout
+print("closed", flush=True)
+"""
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed: needed to publish the loopback live stream")
+def test_a_program_exits_cleanly_while_a_closed_readers_read_runs_out():
+    """A script that closes a live source whose publisher has died, then ends: the reader close() left inside
+    OpenCV's read must not come back while the interpreter tears down (it aborted with exit 134, 'FATAL: exception
+    not rethrown', in every try with a read timeout of 2.2-2.7 s). The end of the program waits for it."""
+    import subprocess
+
+    script = _EXIT_AFTER_CLOSE.format(tests=os.path.dirname(__file__), port=free_port(), stall=2.4)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "closed" in done.stdout, done.stderr[-2000:]
+    assert "waiting up to" in done.stderr and "reader(s) to leave their read" in done.stderr
+
+
 def test_close_is_prompt():
     endless = ScriptedCapture([40 * i for i in range(100000)], period=0.002)
     source = ScriptedSource([endless], mode="all", buffer=8)

@@ -19,6 +19,7 @@ frames. Captures that give no timestamps (some cameras) are stamped with arrival
 
 from __future__ import annotations
 
+import atexit
 import collections
 import math
 import os
@@ -46,6 +47,30 @@ from memstream.pipelines.streams import Packet, SourceError, SourceInfo
 
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "tcp", "srt", "hls+http", "hls+https")
 _ENV_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide
+# Reader threads that close() left inside a native read or connect, with the time by which that call gives up (its
+# timeout). The interpreter kills daemon threads at its end; one that comes back from FFmpeg/OpenCV then is unwound
+# through their C++ frames, and the process aborts ("FATAL: exception not rethrown", exit 134). So the end of the
+# program waits for them, at most until those times.
+_LEFT_BEHIND: dict[threading.Thread, float] = {}
+_LEFT_BEHIND_LOCK = threading.Lock()
+
+
+def _leave_behind(thread: threading.Thread, gives_up_by: float) -> None:
+    with _LEFT_BEHIND_LOCK:
+        for t in [t for t in _LEFT_BEHIND if not t.is_alive()]:
+            del _LEFT_BEHIND[t]
+        _LEFT_BEHIND[thread] = gives_up_by
+
+
+@atexit.register
+def _wait_for_readers_left_behind() -> None:
+    with _LEFT_BEHIND_LOCK:
+        waiting = [(t, by) for t, by in _LEFT_BEHIND.items() if t.is_alive()]
+    if waiting:
+        log.info("waiting up to %.1f s for %d live reader(s) to leave their read before exiting",
+                 max(by for _, by in waiting) - time.monotonic(), len(waiting))
+    for thread, by in waiting:
+        thread.join(timeout=max(0.0, by - time.monotonic()))
 
 
 class _Stamper:
@@ -275,6 +300,8 @@ class _LiveVideoSource(BaseSource):
             self._thread.join(timeout=0.0 if self._abandoned else 2.0)
             if self._thread.is_alive():  # inside a native read: it releases the capture when that returns
                 log.warning("%s: reader thread still busy in a read; left to finish in the background", self.name)
+                # A read gives up after stall_timeout, a connect after open_timeout (see UrlVideoSource).
+                _leave_behind(self._thread, time.monotonic() + max(self.stall_timeout, self.open_timeout) + 1.0)
             self._thread = None
 
 
