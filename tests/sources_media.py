@@ -79,11 +79,12 @@ class Publisher:
 class ScriptedCapture:
     """Stands in for ``cv2.VideoCapture``: frames with the given timestamps (ms), one per ``period``
     s, then reads fail. Frame i is filled with ``ids[i] % 256``; ``hang`` makes every read after the
-    first three (those of ``open``) block that long."""
+    first three (those of ``open``) block that long; ``waits[i]``, where given, replaces ``period`` before read i."""
 
     def __init__(self, stamps, period: float = 0.0, fps: float = 25.0, ids=None, hang: float = 0.0,
-                 frame_count: float = -1.0) -> None:
+                 frame_count: float = -1.0, waits=None) -> None:
         self.stamps = list(stamps)
+        self.waits = list(waits or [])
         self.frame_count = frame_count  # what FFmpeg reports: the length of a finite stream, <= 0 when live
         self.ids = list(ids) if ids is not None else list(range(len(self.stamps)))
         self.period, self.fps, self.hang = period, fps, hang
@@ -93,8 +94,9 @@ class ScriptedCapture:
     def read(self):
         if self.hang and self.index >= 2:
             time.sleep(self.hang)
-        if self.period:
-            time.sleep(self.period)
+        wait = self.waits[self.index + 1] if self.index + 1 < len(self.waits) else self.period
+        if wait:
+            time.sleep(wait)
         self.index += 1
         if self.index >= len(self.stamps):
             return False, None

@@ -155,6 +155,65 @@ def test_duplicates_and_gaps_are_counted():
     assert source.stats.errors == ["the stream ended or no frame came in time; reconnection is off"]
 
 
+def test_frames_without_timestamps_keep_their_spacing_through_a_burst():
+    """A capture with no timestamps (MJPEG over HTTP, some cameras) is stamped with arrival times. Frames held up by
+    a hiccup and then delivered at once keep a frame's spacing (they all shared one time before, so video segments
+    overlapped). The times then lead the wall clock by at most the burst's 9 frames."""
+    waits = [0.04] * 15 + [0.4] + [0.0] * 9 + [0.04] * 15  # 0.4 s hiccup, then the 9 held frames at once
+    capture = ScriptedCapture([float("nan")] * len(waits), waits=waits)
+    source = ScriptedSource([capture], mode="all", reconnect=Reconnect(attempts=0))
+    start = time.monotonic()
+    packets = _run(source)
+    elapsed = time.monotonic() - start
+    times = np.array([p.time for p in packets])
+    assert len(packets) == len(waits) and source.stats.dropped == 0
+    assert np.diff(times).min() > 0.0399  # a frame at the source's 25 fps between any two
+    assert elapsed - 0.3 < times[-1] < elapsed + 9 * 0.04 + 0.05
+
+
+def test_the_lead_of_arrival_times_over_the_wall_clock_is_bounded():
+    """A long burst (2 s of held frames delivered at once) would push spaced arrival times far ahead of the wall
+    clock: past MAX_LEAD frames are MIN_STEP apart, so times still increase and the lead stays bounded."""
+    from memstream.pipelines.sources.live import _Stamper
+
+    waits = [0.04] * 10 + [2.0] + [0.0] * 60 + [0.04] * 10
+    source = ScriptedSource([ScriptedCapture([-1.0] * len(waits), waits=waits)], mode="all",
+                            reconnect=Reconnect(attempts=0))
+    times = []
+    with source:
+        opened_at = source._stamper.t0
+        for packet in source:
+            times.append(packet.time)
+    assert len(times) == len(waits) and np.diff(times).min() > 0
+    elapsed = time.monotonic() - opened_at
+    assert times[-1] < elapsed + _Stamper.MAX_LEAD + 0.1
+
+
+@pytest.mark.parametrize("how", ["timestamps restart", "reconnect"])
+def test_an_outage_is_counted_as_dropped_frames_and_logged(how, caplog):
+    """A real-time stream (25 fps) that goes silent for ~1.5 s: its publisher restarted with timestamps from 0 on
+    the same connection, or the connection dropped and came back. The timeline goes on at the wall clock, and the
+    frames the outage took count as dropped, with a warning that says so."""
+    paced = [40 * i for i in range(20)]
+    if how == "timestamps restart":
+        waits = [0.04] * 20 + [1.5] + [0.04] * 9
+        connections = [ScriptedCapture(paced + paced[:10], waits=waits)]
+        reconnect, where = Reconnect(attempts=0), "where the timestamps jumped"
+    else:
+        connections = [ScriptedCapture(paced, period=0.04), ScriptedCapture(paced[:10], period=0.04)]
+        reconnect, where = Reconnect(interval=1.5, backoff=1.0, max_interval=1.5, attempts=1), "after a reconnect"
+    source = ScriptedSource(connections, mode="all", reconnect=reconnect)
+    with caplog.at_level("WARNING", logger="memstream.pipelines.sources"):
+        packets = _run(source)
+    times = [p.time for p in packets]
+    assert len(packets) == 30 and _times_increase(packets)
+    gap = times[20] - times[19]
+    assert 1.4 < gap < 2.2 and 32 <= source.stats.dropped <= 55  # ~1.5 s (+ the read) at 25 fps
+    assert source.stats.dropped == round(gap / 0.04) - 1
+    message = f"s of the stream missing {where}; {source.stats.dropped} frames counted as dropped"
+    assert any(message in r.getMessage() for r in caplog.records), caplog.text
+
+
 def test_latest_mode_drops_and_never_lags():
     n = 60
     source = ScriptedSource([ScriptedCapture([40 * i for i in range(n)], period=0.01)], mode="latest",

@@ -11,10 +11,15 @@ ever. The consumer also watches the reader's heartbeat, so a capture stuck insid
 iteration forever.
 
 Times: per connection, stream time = base + (container timestamp - first timestamp), where the base
-of a new connection is the wall-clock time since the source opened (at least one frame after the
-previous time), so times keep increasing across reconnects. A repeated timestamp counts as a
-duplicated frame, a gap of more than 1.5 frame intervals as ``round(gap / interval) - 1`` dropped
-frames. Captures that give no timestamps (some cameras) are stamped with arrival times.
+of a new connection, or of a timeline whose timestamps jumped (a restarted publisher), is the wall-clock
+time since the source opened (at least one frame after the previous time), so times keep increasing. A
+repeated timestamp counts as a duplicated frame, a gap of more than 1.5 frame intervals as
+``round(gap / interval) - 1`` dropped frames: within a timeline by its timestamps, across a reconnect or a
+jump by the wall clock (an outage's missing frames). A gap of over ``max(1 s, 3 intervals)`` is logged.
+Captures that give no timestamps (some cameras, MJPEG over HTTP) are stamped with arrival times, but never
+closer than one frame at the source's rate, so frames that arrive in a burst (after a network hiccup) keep their
+spacing and video segments never overlap. That lead over the wall clock is held under ``MAX_LEAD`` s: beyond it
+(a long burst, or a source faster than its rate) frames are 1 ms apart.
 """
 
 from __future__ import annotations
@@ -76,8 +81,11 @@ def _wait_for_readers_left_behind() -> None:
 class _Stamper:
     """Stream times and drop/duplicate counting for one live source (runs in the reader thread)."""
 
-    def __init__(self, rate: float, stall: float) -> None:
-        self.rate, self.stall = rate, stall
+    MAX_LEAD = 1.0  # s: arrival-time stamps may run this far ahead of the wall clock to keep a burst's spacing
+    MIN_STEP = 0.001  # s between arrival-time stamps beyond MAX_LEAD: times still increase
+
+    def __init__(self, name: str, rate: float, stall: float) -> None:
+        self.name, self.rate, self.stall = name, rate, stall
         self.t0 = time.monotonic()
         self.last: float | None = None
         self.deltas: collections.deque[float] = collections.deque(maxlen=15)
@@ -95,18 +103,45 @@ class _Stamper:
         return statistics.median(self.deltas) if len(self.deltas) >= 3 else 1.0 / self.rate
 
     def _rebase(self, stamp: float | None) -> float:
-        """Start a timeline at this frame: 0 for the very first, else now (and after the previous frame)."""
-        self.base = 0.0 if self.last is None else max(time.monotonic() - self.t0, self.last + self.interval)
+        """Start a timeline at this frame: 0 for the very first, else now (and after the previous frame); the frames
+        that the wall clock says are missing in between count as dropped."""
+        if self.last is None:
+            self.base = 0.0
+        else:
+            interval = self.interval
+            self.base = max(time.monotonic() - self.t0, self.last + interval)
+            self._count_gap(self.base - self.last, interval,
+                            "after a reconnect" if self.frames == 0 else "where the timestamps jumped")
         self.origin = stamp
         return self.base
 
-    def __call__(self, stamp_ms: float) -> float:
+    def _count_gap(self, gap: float, interval: float, where: str) -> None:
+        if gap > 1.5 * interval:
+            missing = round(gap / interval) - 1
+            self.dropped += missing
+            if gap > max(1.0, 3 * interval):
+                log.warning("%s: %.1f s of the stream missing %s; %d frames counted as dropped", self.name, gap,
+                            where, missing)
+
+    def _arrival_time(self, waited: float) -> float:
+        """A frame without a timestamp: its arrival time, but at least a frame (at the source's rate: a video
+        segment ends one frame after its last) after the previous one while that keeps it within MAX_LEAD of the
+        wall clock. Missing frames cannot be told from late ones here: a long wait is only logged."""
+        now = time.monotonic() - self.t0
+        period = 1.0 / self.rate
+        if waited > max(1.0, 3 * period):
+            log.warning("%s: no frame for %.1f s", self.name, waited)
+        step = period if self.last + period - now <= self.MAX_LEAD else self.MIN_STEP
+        return max(now, self.last + step)
+
+    def __call__(self, stamp_ms: float, waited: float = 0.0) -> float:
+        """The stream time of a frame read ``waited`` s after the previous one was handed over."""
         stamp = stamp_ms / 1000.0 if math.isfinite(stamp_ms) and stamp_ms >= 0 else None
         if self.frames == 0:
             t = self._rebase(stamp)
         elif self.clock or stamp is None or self.origin is None or (self.frames == 1 and stamp == self.origin == 0):
             self.clock = True
-            t = max(time.monotonic() - self.t0, self.last)
+            t = self._arrival_time(waited)
         else:
             delta = stamp - self.prev
             if abs(delta) < 1e-6:
@@ -116,7 +151,7 @@ class _Stamper:
                 t = self._rebase(stamp)
             else:
                 if delta > 1.5 * self.interval:
-                    self.dropped += round(delta / self.interval) - 1
+                    self._count_gap(delta, self.interval, "(a gap in the timestamps)")
                 else:
                     self.deltas.append(delta)
                 t = self.base + stamp - self.origin
@@ -184,12 +219,13 @@ class _LiveVideoSource(BaseSource):
             fps = round(1000.0 / statistics.median(deltas), 3)
         elif not (math.isfinite(fps) and 0 < fps <= 1000):
             fps = 30.0
-        self._stamper = _Stamper(fps, self.stall_timeout)
+        self._stamper = _Stamper(self.name, fps, self.stall_timeout)
         self._length = self._frame_count(cap)
         self._frames = FrameBuffer(self.mode, self.buffer)
         if not self._cancelled.is_set():
             self._stop.clear()
         self._failures = self._overwritten = 0
+        self._handed: float | None = None  # when the reader last handed a frame over
         self._abandoned = False
         self._heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._run, args=(cap, frames), name=f"source {self.name}", daemon=True)
@@ -210,8 +246,11 @@ class _LiveVideoSource(BaseSource):
     # -- reader thread --------------------------------------------------------------------------
 
     def _put(self, frame: np.ndarray, stamp_ms: float) -> None:
-        t = self._stamper(stamp_ms)
+        # From the previous frame handed over, not read: a back-pressure wait in put() is no wait for the source.
+        waited = time.monotonic() - self._handed if self._handed is not None else 0.0
+        t = self._stamper(stamp_ms, waited)
         self._overwritten += self._frames.put((frame, t), self._stop)
+        self._handed = time.monotonic()
         self.stats.dropped = self._stamper.dropped + self._overwritten
         self.stats.duplicated = self._stamper.duplicated
 
@@ -223,6 +262,8 @@ class _LiveVideoSource(BaseSource):
             while cap is not None and not self._stop.is_set():
                 ok, frame = cap.read()
                 self._heartbeat = time.monotonic()
+                if self._stop.is_set():  # closed during the read: what it brought is not wanted any more
+                    break
                 if ok:
                     read += 1
                     duplicates = self._stamper.duplicated
