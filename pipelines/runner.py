@@ -13,7 +13,10 @@ stream that joins takes a free slot and runs its first segment with ``reset`` se
 without clearing anything outside the model. Once one stream has a segment ready the loop waits at most
 ``batch_timeout`` (counted from when that segment became ready) for the others, so a slow or stalled
 source never holds the rest back. A source that ends or raises ends only its own stream: its decoder is
-flushed, its slot freed, its end counted in the summary; then the task and every sink that offer
+flushed, its slot freed, its end counted in the summary and announced to its sinks as one ``end`` event (the
+decoder's own, if it makes one, else a bare one) carrying ``status`` (``ended``, ``error``, ``stopped``,
+``removed``), ``segments`` and, for an error, ``error``: a service learns that a camera's stream died from its
+event stream, without waiting for the run's summary. Then the task and every sink that offer
 ``end_stream(stream_id)`` are told, so that what they hold for it (a decoder for overlays, an open video
 writer, an open result file) goes too, and the runner drops its own record of it: a process that serves
 streams coming and going for days keeps only their summary rows (about 1 KB each) and their ids. An id
@@ -465,8 +468,8 @@ class StreamRunner:
         return results
 
     def _retire(self, st: _Stream, status: str | None = None) -> None:
-        """A stream leaves: flush its decoder, record it, free its slot for the next one."""
-        self._emit(st, st.decoder.flush(), st.last_end)
+        """A stream leaves: flush its decoder, announce its end, record it, free its slot for the next one."""
+        self._emit(st, self._end_events(st, st.decoder.flush(), status or st.status), st.last_end)
         self._flush(st.sinks)
         source_stats = getattr(st.source, "stats", None)
         counts = {k: getattr(source_stats, k, None) for k in ("dropped", "duplicated", "reconnects", "skipped")}
@@ -491,6 +494,19 @@ class StreamRunner:
                 self._free.sort()
             self._streams.pop(st.id, None)
             self._start_waiting()
+
+    def _end_events(self, st: _Stream, events: list[dict], status: str) -> list[dict]:
+        """The decoder's last events with one ``end`` event among them (see the module docstring)."""
+        events = list(events)
+        at = next((i for i, ev in enumerate(events) if ev.get("type") == "end"), None)
+        if at is None:
+            events.append({"type": "end"})
+            at = len(events) - 1
+        end = events[at] = {**events[at], "status": status}
+        end.setdefault("segments", self.stats.streams[st.id]["segments"])
+        if status == "error" and st.error:
+            end["error"] = st.error
+        return events
 
     def results(self) -> Iterator[StreamResult]:
         """Run until every stream has ended or ``stop()``; yields each stream's result of each step.

@@ -517,7 +517,63 @@ def test_failing_source_ends_only_its_stream(audio_task, tmp_path):
     assert rows["1"]["status"] == "ended" and summary["total"]["errors"] == 1
     assert rows["0"]["samples_in"] == 5 * 640 and bad.closed
     lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    ends = {e["stream"]: e for e in lines if e["type"] == "end"}
     assert [e["type"] for e in lines if e["stream"] == "0"][-1] == "end"  # its decoder was flushed
+    assert ends["0"]["status"] == "error" and ends["0"]["error"] == rows["0"]["error"]
+    assert ends["1"]["status"] == "ended" and "error" not in ends["1"]
+    assert [ends[k]["segments"] for k in "01"] == [rows[k]["segments"] for k in "01"]  # the decoder's own count
+
+
+class _NoEndEvent(CoreProbeTask):
+    """A task whose decoders announce nothing when a stream ends (as the ASR, tracking and anomaly decoders)."""
+
+    def new_decoder(self, stream_id):
+        decoder = super().new_decoder(stream_id)
+        decoder.flush = lambda: []
+        return decoder
+
+
+class _Collect:
+    """A sink that keeps every event; stops the runner once the streams ``stop_when`` have ended (by the summary's
+    rows, not by the events under test)."""
+
+    def __init__(self, stop_when=None):
+        self.events, self.stop_when, self.runner = [], stop_when, None
+
+    def write(self, event):
+        self.events.append(event)
+        rows = self.runner.stats.streams
+        if self.stop_when and all(rows.get(sid, {}).get("status", "running") != "running" for sid in self.stop_when):
+            self.runner.stop()
+
+    def close(self):
+        pass
+
+
+def test_every_stream_ends_with_one_end_event_naming_how(core):
+    """A stream's sinks learn that it ended, and how, from one ``end`` event (a service sees a camera's stream die
+    without waiting for the run's summary), whether or not the task's decoder makes one: ended, error (with the
+    cause), removed, stopped."""
+    task = _NoEndEvent("audio", core)
+    collect = _Collect(stop_when={"ok", "bad", "gone"})
+    remover = _RemoveOn("gone", 1)
+    runner = StreamRunner(task, TorchBackend(core), [collect, remover], max_streams=4, batch_timeout=0.01)
+    collect.runner = remover.runner = runner
+    runner.add(audio_source("ok", audio(0.3, 30), 320), "ok")
+    runner.add(audio_source("bad", audio(2.0, 31), 320, fail_after=4), "bad")
+    runner.add(audio_source("gone", audio(2.0, 32), 320), "gone")
+    runner.add(audio_source("long", audio(30.0, 33), 320), "long")  # still running when the run is stopped
+    runner.run()
+    rows = runner.summary["streams"]
+    ends = [e for e in collect.events if e["type"] == "end"]
+    assert sorted(e["stream"] for e in ends) == ["bad", "gone", "long", "ok"]  # one each
+    status = {e["stream"]: e["status"] for e in ends}
+    assert status == {"ok": "ended", "bad": "error", "gone": "removed", "long": "stopped"}
+    assert status == {sid: row["status"] for sid, row in rows.items()}
+    for e in ends:
+        assert e["segments"] == rows[e["stream"]]["segments"] and isinstance(e["time"], float)
+        assert ("error" in e) == (e["stream"] == "bad")
+    assert "decoder exploded" in next(e for e in ends if e["stream"] == "bad")["error"]
 
 
 class LoggedFailureSource(BaseSource):
