@@ -88,6 +88,7 @@ class _Stream:
     latest: bool = False  # a live source in `latest` mode: a new segment replaces one still waiting
     sinks: list = field(default_factory=list)  # the run's sinks and the stream's own
     own_sinks: list = field(default_factory=list)  # the stream's own: finished and closed when it ends
+    sink_error: str | None = None  # one of its own sinks failed: it ends as an error, the run goes on
     segments_dropped: int = 0
     opening: bool = False  # its reader is inside source.open() (which may wait for a live source)
     reading: Iterator[None] | None = None  # a source read on the model loop: its reading, advanced packet by packet
@@ -345,6 +346,8 @@ class StreamRunner:
             except Exception as e:  # noqa: BLE001 - closing must not hide how the stream ended
                 log.warning("stream %s: closing the source failed: %s", st.id, e)
             with self._cond:
+                if st.sink_error is not None and status != "stopped":
+                    status, error = "error", st.sink_error
                 st.status, st.error, st.done_reading = status, error, True
                 self._cond.notify_all()
 
@@ -404,8 +407,13 @@ class StreamRunner:
     def _sink_failed(self, sink, error: Exception) -> None:
         """A sink raised (a full disk, a closed pipe, a bug): it gets nothing more, and the run stops after the step
         in flight, as after ``stop()``: going on would compute results that cannot be kept. The other sinks still
-        get every event and the summary; the first such error is raised once the run has ended. Sink lists are
-        rebound, never changed in place, so a loop over one goes on safely."""
+        get every event and the summary; the first such error is raised once the run has ended. A stream's own
+        sink (``add(sinks=)``) ends only that stream, as an error naming the sink, as a failing source does: what
+        it had delivered still runs, for the run's sinks. Sink lists are rebound, never changed in place, so a loop
+        over one goes on safely."""
+        if not any(s is sink for s in self.sinks):
+            self._own_sink_failed(sink, error)
+            return
         log.error("sink %s failed: %s; the run stops after this step", type(sink).__name__, error)
         self.stats.sink_errors.append(f"{type(sink).__name__}: {error}")  # the summary says why the run stopped
         if self._sink_error is None:
@@ -417,6 +425,26 @@ class StreamRunner:
             st.sinks = [s for s in st.sinks if s is not sink]
             st.own_sinks = [s for s in st.own_sinks if s is not sink]
         self._stop.set()
+
+    def _own_sink_failed(self, sink, error: Exception) -> None:
+        cause = f"its sink {type(sink).__name__} failed: {error}"
+        for st in list(self._streams.values()):
+            if not any(s is sink for s in st.own_sinks):
+                continue
+            log.error("stream %s: %s; the stream ends, the others go on", st.id, cause)
+            st.sinks = [s for s in st.sinks if s is not sink]
+            st.own_sinks = [s for s in st.own_sinks if s is not sink]
+            with self._cond:
+                if st.sink_error is None:
+                    st.sink_error = cause
+                    if st.done_reading and st.status != "stopped":  # it had read to its end: only its queue is left
+                        st.status, st.error = "error", cause
+                st.stop.set()  # as remove(): its reader stops; _reading reports the sink's error
+            _cancel_open(st)
+        try:
+            sink.close()  # for what it holds (a file)
+        except Exception:  # noqa: BLE001, S110 - it failed already; that error is the one reported
+            pass
 
     def _step(self, batch: list) -> list[StreamResult]:
         t0 = time.perf_counter()
@@ -469,12 +497,15 @@ class StreamRunner:
 
     def _retire(self, st: _Stream, status: str | None = None) -> None:
         """A stream leaves: flush its decoder, announce its end, record it, free its slot for the next one."""
-        self._emit(st, self._end_events(st, st.decoder.flush(), status or st.status), st.last_end)
+        status = status or st.status
+        self._emit(st, self._end_events(st, st.decoder.flush(), status), st.last_end)
         self._flush(st.sinks)
+        if st.sink_error is not None and status not in ("stopped", "error"):  # an own sink failed on those events
+            status, st.error = "error", st.sink_error
         source_stats = getattr(st.source, "stats", None)
         counts = {k: getattr(source_stats, k, None) for k in ("dropped", "duplicated", "reconnects", "skipped")}
         counts["source_errors"] = list(getattr(source_stats, "errors", None) or [])
-        self.stats.stream_ended(st.id, status or st.status, st.error, packets=st.packets, kind=st.kind, slot=st.slot,
+        self.stats.stream_ended(st.id, status, st.error, packets=st.packets, kind=st.kind, slot=st.slot,
                                 segments_dropped=st.segments_dropped,
                                 frames_in=st.items if st.kind == "video" else 0,
                                 samples_in=st.items if st.kind == "audio" else 0, **counts)

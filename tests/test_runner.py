@@ -467,6 +467,28 @@ def test_a_failing_sink_stops_the_run_and_keeps_what_was_computed(audio_task, tm
     assert len([line for line in full.lines if '"segment"' in line]) == 6 and failing._file is None
 
 
+def test_a_failing_sink_of_one_stream_ends_only_that_stream(audio_task, tmp_path):
+    """A stream's own sink that fails (its file's disk fills up) ends that stream as an error naming the sink, as a
+    failing source would; the run and the other stream go on to their end, the run's sinks get every event of
+    both (the failing stream's included, up to its end event) and no error is raised. It stopped the whole run."""
+    full = _FailingFile(room=2)
+    run_events = tmp_path / "all.jsonl"
+    runner = StreamRunner(audio_task, TorchBackend(audio_task.model), [JsonlSink(run_events)], max_streams=2)
+    runner.add(audio_source("a", audio(2.0, 35, channels=1), 320, read_on_loop=True), "a", sinks=[JsonlSink(full)])
+    runner.add(audio_source("b", audio(2.0, 36, channels=1), 320, read_on_loop=True), "b")
+    summary = runner.run()
+    rows = summary["streams"]
+    assert rows["b"]["status"] == "ended" and rows["b"]["segments"] == 2.0 * RATE // audio_task.segment_size
+    assert rows["a"]["status"] == "error" and "JsonlSink failed" in rows["a"]["error"]
+    assert "/mnt/full/events.jsonl" in rows["a"]["error"] and "No space left on device" in rows["a"]["error"]
+    assert 3 <= rows["a"]["segments"] < rows["b"]["segments"] and "sink_errors" not in summary["total"]
+    every = [json.loads(line) for line in run_events.read_text().splitlines()]
+    mine = [e for e in every if e["stream"] == "a"]
+    assert len([e for e in mine if e["type"] == "segment"]) == rows["a"]["segments"]
+    assert mine[-1]["type"] == "end" and mine[-1]["status"] == "error" and mine[-1]["error"] == rows["a"]["error"]
+    assert full.lines and all('"stream": "a"' in line for line in full.lines)
+
+
 def test_remove_lets_a_stream_leave(audio_task):
     x = audio(3.0, 16)
     leaver = _RemoveOn("0", 2)
