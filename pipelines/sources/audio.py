@@ -65,6 +65,18 @@ def cut_short(extra_info: str) -> str | None:
     return f"the file is cut short: its header declares {declared} bytes of audio, it holds {held}"
 
 
+def header_cut_short(path: Path) -> str | None:
+    """:func:`cut_short` of a file decoded by PyAV: FFmpeg clamps a WAV's length to what the file holds and logs
+    nothing, so libsndfile reads the header (None where it cannot)."""
+    import soundfile
+
+    try:
+        with soundfile.SoundFile(str(path)) as f:
+            return cut_short(f.extra_info)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError):
+        return None
+
+
 def _to_float(array: np.ndarray) -> np.ndarray:
     """Decoded samples of any PCM dtype -> float32 in [-1, 1]."""
     if array.dtype.kind == "f":
@@ -97,7 +109,7 @@ class AudioFileSource(BaseSource):
         self.path, self.backend = Path(path), backend
         self.block_seconds = _check_block(self.name, block_seconds)
         self._file = self._container = self._blocks = self._first = None
-        self._cut_short: str | None = None  # why the file holds less than its header says (soundfile)
+        self._cut_short: str | None = None  # why the file holds less than its header says (libsndfile's reading)
         self._finite = NonFinite(self.name, self.stats)
 
     def _open(self) -> SourceInfo:
@@ -169,6 +181,8 @@ class AudioFileSource(BaseSource):
                 raise SourceError(self.name, f"cannot decode audio: {self._decode_error}")
             raise SourceError(self.name, "zero-length audio (no samples decoded)")
         self._first = first
+        if self._cut_short is None and path.suffix.lower() in SOUNDFILE_SUFFIXES:  # also with backend="pyav"
+            self._cut_short = header_cut_short(path)
         duration = None
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
