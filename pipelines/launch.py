@@ -26,8 +26,14 @@ def read_streams_file(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"streams file {path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"streams file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise ValueError(f"streams file {path}: cannot read it: {e.strerror or e}") from e
     specs = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -72,16 +78,18 @@ def waits_at_open(source: Source) -> bool:
                 or getattr(getattr(source, "reconnect", None), "at_open", False))
 
 
-def open_specs(specs: Iterable, kind: str, *, keep_going: bool = False, **options) -> list[Source]:
+def open_specs(specs: Iterable, kind: str, *, keep_going: bool = False, all_may_fail: bool = False,
+               **options) -> list[Source]:
     """Specs -> opened sources via :func:`memstream.pipelines.sources.make_source` (Source objects pass through).
 
     A spec that cannot be opened raises its :class:`SourceError`, after closing the sources already opened. With
     ``keep_going`` and more than one spec it is logged and comes back as a :class:`FailedSource` instead (the
     runner records it as a stream that ended with that error), so one dead camera does not keep the others from
-    running; only when every spec fails is the first error raised. A live source whose reconnect policy waits for
-    it at open (``Reconnect(at_open=True)``), and raw PCM on stdin, come back unopened (:func:`waits_at_open`): the
-    reader thread opens them, so a camera that is down does not hold back the start of the others, and a signal
-    stops a run whose stdin has not delivered yet.
+    running; only when every spec fails is the first error raised, unless ``all_may_fail`` (the CLI: a run of
+    several sources records each failure in its events and summary, then exits 2). A live source whose reconnect
+    policy waits for it at open (``Reconnect(at_open=True)``), and raw PCM on stdin, come back unopened
+    (:func:`waits_at_open`): the reader thread opens them, so a camera that is down does not hold back the start of
+    the others, and a signal stops a run whose stdin has not delivered yet.
     """
     from memstream.pipelines.sources import make_source
 
@@ -104,7 +112,7 @@ def open_specs(specs: Iterable, kind: str, *, keep_going: bool = False, **option
                 log.error("%s; the other streams go on", e)
                 failures.append(e)
                 out.append(FailedSource(e))
-        if failures and len(failures) == len(specs):
+        if failures and len(failures) == len(specs) and not all_may_fail:
             raise failures[0]
     except BaseException:
         for source in out:
@@ -329,7 +337,7 @@ def _run_from_args(task, specs: list[str], args, extra_sinks: Sequence, control:
     if reconnect is not None:
         options["reconnect"] = reconnect
     # Opened here, except those the runner's readers open (a FailedSource, a live source that waits at open).
-    sources = open_specs(specs, task.kind, keep_going=True, **options)
+    sources = open_specs(specs, task.kind, keep_going=True, all_may_fail=True, **options)
     try:
         out = Path(args.out) if args.out else None
         if args.backend == "onnx":

@@ -329,7 +329,8 @@ class StreamRunner:
         if status == "ended" and source_errors:
             # The source ended early on a failure it logged itself (a decoder error, a device gone, the reconnect
             # limit): the stream failed, though what it delivered is still flushed and run below.
-            status, error = "error", source_errors[-1]
+            # Named as a SourceError names it (its text is what the stream's end event and summary row say).
+            status, error = "error", f"{getattr(source, 'name', source)}: {source_errors[-1]}"
         try:
             if stopped:
                 status = "stopped"

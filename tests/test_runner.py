@@ -623,7 +623,7 @@ def test_a_source_that_logs_its_failure_ends_its_stream_as_an_error(audio_task, 
     good = audio_source("good", audio(0.8, 9), 640)
     got, summary = run(audio_task, [bad, good], sinks=[SummarySink(tmp_path / "summary.json")])
     rows = summary["streams"]
-    assert rows["0"]["status"] == "error" and rows["0"]["error"] == "OSError: device unplugged"
+    assert rows["0"]["status"] == "error" and rows["0"]["error"] == "mic-a: OSError: device unplugged"
     assert rows["0"]["source_errors"] == ["OSError: device unplugged"]
     assert rows["1"]["status"] == "ended" and summary["total"]["errors"] == 1
     # What it delivered before failing was still run: 6 packets of 640 samples, the last segment padded.
@@ -751,7 +751,16 @@ def test_one_source_that_cannot_be_opened_does_not_stop_the_others(core, tmp_pat
     rows = summary["streams"]
     assert rows["0"]["status"] == "error" and "missing.wav" in rows["0"]["error"]
     assert rows["1"]["status"] == "ended" and rows["1"]["segments"] > 0
-    assert main(["run", "core", "--source", str(missing), "--source", str(tmp_path / "gone.wav")]) == 2
+    # Every source failing: exit 2, and each failure is still recorded in the events and the summary (nothing was).
+    none = tmp_path / "none"
+    assert main(["run", "core", "--source", str(missing), "--source", str(tmp_path / "gone.wav"),
+                 "--out", str(none)]) == 2
+    rows = json.loads((none / "summary.json").read_text())["streams"]
+    assert [row["status"] for row in rows.values()] == ["error", "error"] and "gone.wav" in rows["1"]["error"]
+    ends = [json.loads(line) for line in (none / "events.jsonl").read_text().splitlines()]
+    assert [(e["stream"], e["type"], e["status"]) for e in ends] == [("0", "end", "error"), ("1", "end", "error")]
+    with pytest.raises(SourceError, match="missing.wav"):  # the generator API has nothing to yield: it raises
+        list(stream(core, [str(missing), str(tmp_path / "gone.wav")], kind="audio"))
 
 
 def test_cli_view_keeps_the_events_on_a_piped_stdout(tmp_path, capsys):
@@ -804,6 +813,9 @@ def test_streams_file(tmp_path):
     (tmp_path / "empty.streams").write_text("# nothing\n")
     with pytest.raises(ValueError, match="no sources"):
         read_streams_file(tmp_path / "empty.streams")
+    (tmp_path / "binary.streams").write_bytes(b"\xff\xfe\x00bad\n")  # it said only "'utf-8' codec can't decode..."
+    with pytest.raises(ValueError, match=r"streams file .*binary.streams: not UTF-8 text \(invalid start byte at"):
+        read_streams_file(tmp_path / "binary.streams")
 
 
 # -- the CLI: graceful stop and errors -------------------------------------------------------------------

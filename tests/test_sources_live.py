@@ -189,15 +189,17 @@ def test_the_lead_of_arrival_times_over_the_wall_clock_is_bounded():
     assert times[-1] < elapsed + _Stamper.MAX_LEAD + 0.1
 
 
-@pytest.mark.parametrize("how", ["timestamps restart", "reconnect"])
+@pytest.mark.parametrize("how", ["timestamps restart", "timestamps restart below zero", "reconnect"])
 def test_an_outage_is_counted_as_dropped_frames_and_logged(how, caplog):
     """A real-time stream (25 fps) that goes silent for ~1.5 s: its publisher restarted with timestamps from 0 on
-    the same connection, or the connection dropped and came back. The timeline goes on at the wall clock, and the
-    frames the outage took count as dropped, with a warning that says so."""
+    the same connection (OpenCV counts from the first packet's time, so the new ones can come out negative), or the
+    connection dropped and came back. The timeline goes on at the wall clock, and the frames the outage took count
+    as dropped, with a warning that says so."""
     paced = [40 * i for i in range(20)]
-    if how == "timestamps restart":
+    if how.startswith("timestamps restart"):
         waits = [0.04] * 20 + [1.5] + [0.04] * 9
-        connections = [ScriptedCapture(paced + paced[:10], waits=waits)]
+        offset = -3080 if how.endswith("below zero") else 0
+        connections = [ScriptedCapture(paced + [offset + s for s in paced[:10]], waits=waits)]
         reconnect, where = Reconnect(attempts=0), "where the timestamps jumped"
     else:
         connections = [ScriptedCapture(paced, period=0.04), ScriptedCapture(paced[:10], period=0.04)]

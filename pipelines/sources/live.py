@@ -136,10 +136,12 @@ class _Stamper:
 
     def __call__(self, stamp_ms: float, waited: float = 0.0) -> float:
         """The stream time of a frame read ``waited`` s after the previous one was handed over."""
-        stamp = stamp_ms / 1000.0 if math.isfinite(stamp_ms) and stamp_ms >= 0 else None
+        # A negative time is a time: OpenCV counts from the first packet's, so after a publisher restarted on the same
+        # UDP port the new, lower ones come out negative (taken for "no timestamps", they stopped all drop counting).
+        stamp = stamp_ms / 1000.0 if math.isfinite(stamp_ms) else None
         if self.frames == 0:
             t = self._rebase(stamp)
-        elif self.clock or stamp is None or self.origin is None or (self.frames == 1 and stamp == self.origin == 0):
+        elif self.clock or stamp is None or self.origin is None or (self.frames == 1 and stamp == self.origin <= 0):
             self.clock = True
             t = self._arrival_time(waited)
         else:
