@@ -470,7 +470,8 @@ def test_a_failing_sink_stops_the_run_and_keeps_what_was_computed(audio_task, tm
 def test_a_failing_sink_of_one_stream_ends_only_that_stream(audio_task, tmp_path):
     """A stream's own sink that fails (its file's disk fills up) ends that stream as an error naming the sink, as a
     failing source would; the run and the other stream go on to their end, the run's sinks get every event of
-    both (the failing stream's included, up to its end event) and no error is raised. It stopped the whole run."""
+    both (the failing stream's included, up to its end event) and no error is raised. Before, it stopped the whole
+    run and raised."""
     full = _FailingFile(room=2)
     run_events = tmp_path / "all.jsonl"
     runner = StreamRunner(audio_task, TorchBackend(audio_task.model), [JsonlSink(run_events)], max_streams=2)
