@@ -189,7 +189,8 @@ def _leave_past_native_readers(code: int) -> None:
     inside a native call (OpenCV or FFmpeg opening a UDP stream that is down waits ~20 s). Finalization kills such a
     thread when it comes back to Python, which unwinds its C++ frames and aborts the process (exit 134, 'terminate
     called without an active exception'; seen after SIGINT during a reconnect). Everything the run computed is
-    written and closed by now; only stdio and the logs are left to flush."""
+    written and closed by now; only stdio and the logs are left to flush. (A program using the library instead
+    waits at exit for such readers, up to their timeouts: ``sources.live``'s atexit hook; the CLI need not wait.)"""
     import threading
 
     if any(t.daemon and t.is_alive() for t in threading.enumerate()):

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from memstream.pipelines.sources.audio import SOUNDFILE_SUFFIXES
 from memstream.pipelines.sources.common import BaseSource, SkipLog, check_file, log, one_line
 from memstream.pipelines.streams import Packet, SourceError, SourceInfo
 
 # Containers that hold audio only: opened as video they fail with a misleading "not a video file, or corrupt".
-AUDIO_ONLY_SUFFIXES = {".wav", ".wave", ".flac", ".mp3", ".opus", ".oga", ".aac", ".aiff", ".aif", ".aifc", ".au",
-                       ".snd", ".w64", ".rf64", ".caf", ".pcm", ".raw"}
+# Those soundfile reads, but .ogg (it may hold Theora video), and those only FFmpeg or raw PCM read.
+AUDIO_ONLY_SUFFIXES = (SOUNDFILE_SUFFIXES - {".ogg"}) | {".mp3", ".aac", ".pcm", ".raw"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
 DEFAULT_FPS = 30.0
 
